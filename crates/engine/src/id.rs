@@ -1,0 +1,175 @@
+//! Identifiers: [`ChunkId`] names a chunk by its content, [`SnapshotId`] names a snapshot.
+
+use std::fmt;
+use std::str::FromStr;
+
+use sha2::{Digest, Sha256};
+
+/// SHA-256 of a chunk's uncompressed bytes: the chunk's name in every store.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ChunkId(pub [u8; 32]);
+
+impl ChunkId {
+    /// Hashes `data` (SHA-NI where the CPU has it).
+    pub fn of(data: &[u8]) -> ChunkId {
+        ChunkId(Sha256::digest(data).into())
+    }
+
+    /// The raw digest.
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    /// Lower-case hex, 64 characters.
+    pub fn to_hex(&self) -> String {
+        hex(&self.0)
+    }
+
+    /// The first `n` hex characters, for messages.
+    pub fn short(&self) -> String {
+        let mut s = self.to_hex();
+        s.truncate(12);
+        s
+    }
+}
+
+impl fmt::Display for ChunkId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+impl fmt::Debug for ChunkId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ChunkId({})", self.short())
+    }
+}
+
+/// A string that is not a valid identifier.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("'{input}' is not a valid {what}")]
+pub struct ParseIdError {
+    input: String,
+    what: &'static str,
+}
+
+impl FromStr for ChunkId {
+    type Err = ParseIdError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let err = || ParseIdError {
+            input: s.chars().take(80).collect(),
+            what: "chunk id (64 hex digits)",
+        };
+        let mut out = [0u8; 32];
+        unhex(s, &mut out).ok_or_else(err)?;
+        Ok(ChunkId(out))
+    }
+}
+
+/// A snapshot's identity: a UUIDv7, so ids sort by creation time.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SnapshotId(pub [u8; 16]);
+
+impl SnapshotId {
+    /// A new, time-ordered, random id.
+    pub fn generate() -> SnapshotId {
+        SnapshotId(*uuid::Uuid::now_v7().as_bytes())
+    }
+
+    /// Lower-case hex, 32 characters.
+    pub fn to_hex(&self) -> String {
+        hex(&self.0)
+    }
+}
+
+impl fmt::Display for SnapshotId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+impl fmt::Debug for SnapshotId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SnapshotId({})", self.to_hex())
+    }
+}
+
+impl FromStr for SnapshotId {
+    type Err = ParseIdError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut out = [0u8; 16];
+        unhex(s, &mut out).ok_or_else(|| ParseIdError {
+            input: s.chars().take(80).collect(),
+            what: "snapshot id (32 hex digits)",
+        })?;
+        Ok(SnapshotId(out))
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for &b in bytes {
+        s.push(DIGITS[usize::from(b >> 4)] as char);
+        s.push(DIGITS[usize::from(b & 0x0f)] as char);
+    }
+    s
+}
+
+fn unhex(s: &str, out: &mut [u8]) -> Option<()> {
+    let s = s.as_bytes();
+    if s.len() != out.len() * 2 {
+        return None;
+    }
+    let nibble = |c: u8| match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        b'A'..=b'F' => Some(c - b'A' + 10),
+        _ => None,
+    };
+    for (o, pair) in out.iter_mut().zip(s.chunks_exact(2)) {
+        *o = (nibble(pair[0])? << 4) | nibble(pair[1])?;
+    }
+    Some(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn known_answer_sha256() {
+        // FIPS 180-2 test vectors.
+        assert_eq!(
+            ChunkId::of(b"abc").to_hex(),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert_eq!(
+            ChunkId::of(b"").to_hex(),
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+    }
+
+    #[test]
+    fn hex_round_trip_and_rejects_garbage() {
+        let id = ChunkId::of(b"geosnap");
+        assert_eq!(id.to_hex().parse::<ChunkId>().unwrap(), id);
+        assert!("xyz".parse::<ChunkId>().is_err());
+        assert!(id.to_hex()[..63].parse::<ChunkId>().is_err());
+        let mut bad = id.to_hex();
+        bad.replace_range(0..1, "g");
+        assert!(bad.parse::<ChunkId>().is_err());
+    }
+
+    #[test]
+    fn snapshot_ids_are_unique_and_ordered() {
+        let a = SnapshotId::generate();
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let b = SnapshotId::generate();
+        assert_ne!(a, b);
+        assert!(a < b);
+        assert_eq!(a.to_hex().parse::<SnapshotId>().unwrap(), a);
+    }
+}

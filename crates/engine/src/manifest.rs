@@ -1,0 +1,541 @@
+//! Manifests: what one snapshot holds, in order, with everything needed to list and restore
+//! it without any other source (the catalog is rebuilt from these).
+//!
+//! ```text
+//! offset size  field
+//!      0    8  magic "GSNAPMAN"
+//!      8    2  format version, u16 LE (1)
+//!     10    2  reserved, zero
+//!     12    4  header length H, u32 LE
+//!     16    H  header: UTF-8 JSON object (see `SnapshotMeta`, `ManifestHeader`)
+//!   16+H    8  extent count N, u64 LE
+//!      .    .  N extents: tag u8 (1 = chunk, 2 = zero run), length as LEB128,
+//!              and for a chunk its 32-byte SHA-256
+//!      .   32  SHA-256 of every byte before it
+//! ```
+//! Offsets are implied: extents follow each other from offset 0 and their lengths add up
+//! to the image size, so overlaps and gaps cannot be written down at all.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::chunker::ChunkerParams;
+use crate::zero::{ZERO_BLOCK, ZERO_RUN_MIN};
+use crate::{ChunkId, Error, SnapshotId};
+
+/// Frozen magic of a manifest.
+pub const MANIFEST_MAGIC: [u8; 8] = *b"GSNAPMAN";
+/// Current manifest format version.
+pub const MANIFEST_VERSION: u16 = 1;
+const FIXED_PREFIX: usize = 16;
+const _: () = assert!(FIXED_PREFIX == 8 + 2 + 2 + 4);
+const TAG_CHUNK: u8 = 1;
+const TAG_ZERO: u8 = 2;
+
+/// Where an instance's snapshots may live.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backing {
+    /// Image-backed: replicated to every region.
+    Image,
+    /// Volume-backed: kept in the home region's volume store only.
+    Volume,
+}
+
+impl fmt::Display for Backing {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Backing::Image => "image",
+            Backing::Volume => "volume",
+        })
+    }
+}
+
+/// Who and what a snapshot is: the part of a manifest a catalog lists.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotMeta {
+    /// Snapshot id.
+    #[serde(with = "snapshot_id_hex")]
+    pub id: SnapshotId,
+    /// Instance name.
+    pub instance: String,
+    /// Snapshot name.
+    pub name: String,
+    /// Image- or volume-backed.
+    pub backing: Backing,
+    /// Home region of the instance.
+    pub home_region: String,
+    /// When the snapshot was queued, Unix seconds (UTC).
+    pub created_at: i64,
+    /// When its data was durable in the write quorum, Unix seconds (UTC); expiry counts
+    /// from here.
+    pub completed_at: i64,
+    /// Whole days to keep it after `completed_at`; 0 keeps it forever.
+    pub retention_days: u32,
+}
+
+/// Everything in a manifest except its extents.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManifestHeader {
+    /// The snapshot.
+    #[serde(flatten)]
+    pub meta: SnapshotMeta,
+    /// Length of the image in bytes.
+    pub image_size: u64,
+    /// How the image was cut.
+    pub chunker: ChunkerParams,
+    /// Zero detection block size used (informational).
+    pub zero_block: u32,
+    /// Shortest zero run recorded (informational).
+    pub zero_run_min: u32,
+    /// Bytes held by chunk extents.
+    pub data_bytes: u64,
+    /// Number of chunk extents.
+    pub chunk_count: u64,
+}
+
+/// One extent of the image, in order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Extent {
+    /// Bytes stored as chunk `id`.
+    Chunk {
+        /// Image offset.
+        offset: u64,
+        /// Length (also the chunk's length).
+        len: u32,
+        /// Chunk id.
+        id: ChunkId,
+    },
+    /// Zeros: a hole on restore.
+    Zero {
+        /// Image offset.
+        offset: u64,
+        /// Length.
+        len: u64,
+    },
+}
+
+impl Extent {
+    /// Image offset.
+    pub fn offset(&self) -> u64 {
+        match *self {
+            Extent::Chunk { offset, .. } | Extent::Zero { offset, .. } => offset,
+        }
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> u64 {
+        match *self {
+            Extent::Chunk { len, .. } => u64::from(len),
+            Extent::Zero { len, .. } => len,
+        }
+    }
+
+    /// Whether the extent covers no bytes (never true in a valid manifest).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A snapshot's manifest.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Manifest {
+    /// Metadata.
+    pub header: ManifestHeader,
+    /// Extents in image order, contiguous from 0 to `image_size`.
+    pub extents: Vec<Extent>,
+}
+
+impl Manifest {
+    /// Builds a manifest from extents, filling the derived header fields; checks it.
+    pub fn new(
+        meta: SnapshotMeta,
+        chunker: ChunkerParams,
+        image_size: u64,
+        extents: Vec<Extent>,
+    ) -> Result<Manifest, Error> {
+        let mut data_bytes = 0;
+        let mut chunk_count = 0;
+        for e in &extents {
+            if let Extent::Chunk { len, .. } = e {
+                data_bytes += u64::from(*len);
+                chunk_count += 1;
+            }
+        }
+        let m = Manifest {
+            header: ManifestHeader {
+                meta,
+                image_size,
+                chunker,
+                zero_block: ZERO_BLOCK as u32,
+                zero_run_min: ZERO_RUN_MIN as u32,
+                data_bytes,
+                chunk_count,
+            },
+            extents,
+        };
+        m.check()?;
+        Ok(m)
+    }
+
+    /// Every distinct chunk id the manifest names.
+    pub fn chunk_ids(&self) -> std::collections::BTreeSet<ChunkId> {
+        self.extents
+            .iter()
+            .filter_map(|e| match e {
+                Extent::Chunk { id, .. } => Some(*id),
+                Extent::Zero { .. } => None,
+            })
+            .collect()
+    }
+
+    /// Checks the invariants decoding relies on: contiguous, non-empty extents that end at
+    /// the image size, chunks no longer than the chunker allows, consistent totals.
+    pub fn check(&self) -> Result<(), Error> {
+        let bad = |why: String| Err(Error::ManifestCorrupt(why));
+        self.header.chunker.validate()?;
+        let max = self.header.chunker.max_chunk() as u64;
+        let mut next = 0u64;
+        let (mut data, mut chunks) = (0u64, 0u64);
+        for (i, e) in self.extents.iter().enumerate() {
+            if e.offset() != next {
+                return bad(format!(
+                    "extent {i} starts at {} instead of {next}",
+                    e.offset()
+                ));
+            }
+            if e.is_empty() {
+                return bad(format!("extent {i} is empty"));
+            }
+            if let Extent::Chunk { len, .. } = e {
+                if u64::from(*len) > max {
+                    return bad(format!(
+                        "chunk extent {i} is {len} bytes, longer than the chunker's {max}"
+                    ));
+                }
+                data += u64::from(*len);
+                chunks += 1;
+            }
+            next = match next.checked_add(e.len()) {
+                Some(n) if n <= self.header.image_size => n,
+                _ => {
+                    return bad(format!(
+                        "extent {i} reaches past the image size {}",
+                        self.header.image_size
+                    ));
+                }
+            };
+        }
+        if next != self.header.image_size {
+            return bad(format!(
+                "extents cover {next} bytes of a {}-byte image",
+                self.header.image_size
+            ));
+        }
+        if data != self.header.data_bytes || chunks != self.header.chunk_count {
+            return bad("header totals do not match the extents".into());
+        }
+        Ok(())
+    }
+
+    /// Serialises the manifest (see the module docs for the layout).
+    pub fn encode(&self) -> Result<Vec<u8>, Error> {
+        let header =
+            serde_json::to_vec(&self.header).map_err(|e| Error::ManifestCorrupt(e.to_string()))?;
+        let header_len = u32::try_from(header.len())
+            .map_err(|_| Error::ManifestCorrupt("header too long".into()))?;
+        let mut out =
+            Vec::with_capacity(FIXED_PREFIX + header.len() + 8 + 40 * self.extents.len() + 32);
+        out.extend_from_slice(&MANIFEST_MAGIC);
+        out.extend_from_slice(&MANIFEST_VERSION.to_le_bytes());
+        out.extend_from_slice(&[0, 0]);
+        out.extend_from_slice(&header_len.to_le_bytes());
+        out.extend_from_slice(&header);
+        out.extend_from_slice(&(self.extents.len() as u64).to_le_bytes());
+        for e in &self.extents {
+            match e {
+                Extent::Chunk { len, id, .. } => {
+                    out.push(TAG_CHUNK);
+                    put_varint(&mut out, u64::from(*len));
+                    out.extend_from_slice(id.as_bytes());
+                }
+                Extent::Zero { len, .. } => {
+                    out.push(TAG_ZERO);
+                    put_varint(&mut out, *len);
+                }
+            }
+        }
+        let sum = Sha256::digest(&out);
+        out.extend_from_slice(&sum);
+        Ok(out)
+    }
+
+    /// Parses and checks a manifest; any damage is an error that says what is wrong.
+    pub fn decode(bytes: &[u8]) -> Result<Manifest, Error> {
+        let header = Manifest::decode_header(bytes)?;
+        let corrupt = |why: &str| Error::ManifestCorrupt(why.to_string());
+        let body_end = bytes.len() - 32;
+        let mut r = Reader {
+            buf: &bytes[..body_end],
+            pos: FIXED_PREFIX + header_len(bytes) as usize,
+        };
+        let count = r.u64().ok_or_else(|| corrupt("extent count is missing"))?;
+        // Each extent takes at least two bytes: refuse counts the bytes cannot hold.
+        if count > (r.buf.len() - r.pos) as u64 / 2 {
+            return Err(corrupt("extent count exceeds the manifest's length"));
+        }
+        let mut extents = Vec::with_capacity(count as usize);
+        let mut offset = 0u64;
+        for i in 0..count {
+            let tag = r.u8().ok_or_else(|| corrupt("extent list is cut short"))?;
+            let len = r
+                .varint()
+                .ok_or_else(|| corrupt("extent length is malformed"))?;
+            let e = match tag {
+                TAG_CHUNK => {
+                    let id = r.id().ok_or_else(|| corrupt("extent list is cut short"))?;
+                    let len = u32::try_from(len).map_err(|_| {
+                        Error::ManifestCorrupt(format!("chunk extent {i} is too long"))
+                    })?;
+                    Extent::Chunk { offset, len, id }
+                }
+                TAG_ZERO => Extent::Zero { offset, len },
+                other => {
+                    return Err(Error::ManifestCorrupt(format!(
+                        "extent {i} has unknown tag {other}"
+                    )));
+                }
+            };
+            offset = offset.saturating_add(len);
+            extents.push(e);
+        }
+        if r.pos != body_end {
+            return Err(corrupt("trailing bytes after the extent list"));
+        }
+        let m = Manifest { header, extents };
+        m.check()?;
+        Ok(m)
+    }
+
+    /// Parses and checks only the header (the checksum still covers the whole manifest).
+    pub fn decode_header(bytes: &[u8]) -> Result<ManifestHeader, Error> {
+        let corrupt = |why: &str| Error::ManifestCorrupt(why.to_string());
+        if bytes.len() < 8 || bytes[..8] != MANIFEST_MAGIC {
+            return Err(corrupt("not a geosnap manifest (bad magic)"));
+        }
+        if bytes.len() < FIXED_PREFIX + 8 + 32 {
+            return Err(corrupt("manifest is truncated"));
+        }
+        let version = u16::from_le_bytes([bytes[8], bytes[9]]);
+        if version > MANIFEST_VERSION {
+            return Err(Error::ManifestVersion {
+                found: version,
+                supported: MANIFEST_VERSION,
+            });
+        }
+        if version == 0 || bytes[10..12] != [0, 0] {
+            return Err(corrupt("manifest prefix is damaged"));
+        }
+        let body_end = bytes.len() - 32;
+        if Sha256::digest(&bytes[..body_end])[..] != bytes[body_end..] {
+            return Err(corrupt(
+                "manifest is truncated or damaged (checksum mismatch)",
+            ));
+        }
+        let hlen = header_len(bytes) as usize;
+        if FIXED_PREFIX + hlen + 8 > body_end {
+            return Err(corrupt("header length exceeds the manifest"));
+        }
+        serde_json::from_slice(&bytes[FIXED_PREFIX..FIXED_PREFIX + hlen])
+            .map_err(|e| Error::ManifestCorrupt(format!("header is not valid: {e}")))
+    }
+}
+
+fn header_len(bytes: &[u8]) -> u32 {
+    u32::from_le_bytes([bytes[12], bytes[13], bytes[14], bytes[15]])
+}
+
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl Reader<'_> {
+    fn u8(&mut self) -> Option<u8> {
+        let b = *self.buf.get(self.pos)?;
+        self.pos += 1;
+        Some(b)
+    }
+
+    fn u64(&mut self) -> Option<u64> {
+        let b = self.buf.get(self.pos..self.pos + 8)?;
+        self.pos += 8;
+        Some(u64::from_le_bytes(b.try_into().ok()?))
+    }
+
+    fn id(&mut self) -> Option<ChunkId> {
+        let b = self.buf.get(self.pos..self.pos + 32)?;
+        self.pos += 32;
+        Some(ChunkId(b.try_into().ok()?))
+    }
+
+    fn varint(&mut self) -> Option<u64> {
+        let mut v = 0u64;
+        for shift in (0..64).step_by(7) {
+            let b = self.u8()?;
+            let part = u64::from(b & 0x7f);
+            if shift == 63 && part > 1 {
+                return None;
+            }
+            v |= part << shift;
+            if b & 0x80 == 0 {
+                return Some(v);
+            }
+        }
+        None
+    }
+}
+
+mod snapshot_id_hex {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use crate::SnapshotId;
+
+    pub fn serialize<S: Serializer>(id: &SnapshotId, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&id.to_hex())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SnapshotId, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    pub(crate) fn meta() -> SnapshotMeta {
+        SnapshotMeta {
+            id: SnapshotId([7; 16]),
+            instance: "web-1".into(),
+            name: "nightly".into(),
+            backing: Backing::Image,
+            home_region: "it-1".into(),
+            created_at: 1_700_000_000,
+            completed_at: 1_700_000_100,
+            retention_days: 1,
+        }
+    }
+
+    fn sample() -> Manifest {
+        let id = ChunkId::of(b"x");
+        let extents = vec![
+            Extent::Chunk {
+                offset: 0,
+                len: 65536,
+                id,
+            },
+            Extent::Zero {
+                offset: 65536,
+                len: 1 << 40,
+            },
+            Extent::Chunk {
+                offset: 65536 + (1 << 40),
+                len: 10,
+                id,
+            },
+        ];
+        Manifest::new(
+            meta(),
+            ChunkerParams::fixed(65536).unwrap(),
+            65546 + (1 << 40),
+            extents,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn round_trips() {
+        let m = sample();
+        let bytes = m.encode().unwrap();
+        assert_eq!(Manifest::decode(&bytes).unwrap(), m);
+        assert_eq!(m.chunk_ids().len(), 1);
+    }
+
+    #[test]
+    fn every_truncation_and_every_bit_flip_is_rejected() {
+        let bytes = sample().encode().unwrap();
+        for cut in 0..bytes.len() {
+            assert!(Manifest::decode(&bytes[..cut]).is_err(), "cut at {cut}");
+        }
+        for i in 0..bytes.len() {
+            let mut bad = bytes.clone();
+            bad[i] ^= 0x40;
+            assert!(Manifest::decode(&bad).is_err(), "flip at {i}");
+        }
+    }
+
+    #[test]
+    fn newer_versions_are_named() {
+        let mut bytes = sample().encode().unwrap();
+        bytes[8] = 9;
+        let err = Manifest::decode(&bytes).unwrap_err();
+        assert!(
+            matches!(err, Error::ManifestVersion { found: 9, .. }),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn inconsistent_extents_are_refused() {
+        let id = ChunkId::of(b"x");
+        let p = ChunkerParams::fixed(65536).unwrap();
+        let gap = vec![Extent::Chunk {
+            offset: 10,
+            len: 10,
+            id,
+        }];
+        assert!(Manifest::new(meta(), p, 20, gap).is_err());
+        let too_long = vec![Extent::Chunk {
+            offset: 0,
+            len: 65537,
+            id,
+        }];
+        assert!(Manifest::new(meta(), p, 65537, too_long).is_err());
+        let short = vec![Extent::Zero { offset: 0, len: 10 }];
+        assert!(Manifest::new(meta(), p, 11, short).is_err());
+        let past = vec![Extent::Zero { offset: 0, len: 12 }];
+        assert!(Manifest::new(meta(), p, 11, past).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn any_valid_extent_list_round_trips(lens in prop::collection::vec((1u64..70_000, any::<bool>(), any::<u8>()), 0..200)) {
+            let mut offset = 0;
+            let mut extents = Vec::new();
+            for (len, zero, seed) in lens {
+                if zero {
+                    extents.push(Extent::Zero { offset, len });
+                } else {
+                    let len = len.min(65536) as u32;
+                    extents.push(Extent::Chunk { offset, len, id: ChunkId::of(&[seed]) });
+                }
+                offset += extents.last().unwrap().len();
+            }
+            let m = Manifest::new(meta(), ChunkerParams::fixed(65536).unwrap(), offset, extents).unwrap();
+            prop_assert_eq!(Manifest::decode(&m.encode().unwrap()).unwrap(), m);
+        }
+    }
+}

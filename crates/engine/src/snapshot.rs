@@ -1,0 +1,255 @@
+//! The snapshot pipeline: one reader thread scans the image and cuts chunks; a pool of
+//! workers hashes them, compresses the ones the store lacks and hands them to the sink.
+//! A bounded queue between them keeps memory flat whatever the image size.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread;
+
+use bytes::Bytes;
+use serde::Serialize;
+
+use crate::chunker::ChunkerParams;
+use crate::codec::{DEFAULT_LEVEL, Encoder};
+use crate::image::Image;
+use crate::manifest::Extent;
+use crate::progress::Progress;
+use crate::scanner::{Piece, Scanner};
+use crate::store::ChunkSink;
+use crate::zero::{ZERO_BLOCK, ZERO_RUN_MIN};
+use crate::{ChunkId, Error};
+
+/// How to cut, compress and parallelise a snapshot.
+#[derive(Clone, Copy, Debug)]
+pub struct SnapshotOptions {
+    /// Chunker.
+    pub chunker: ChunkerParams,
+    /// zstd level.
+    pub level: i32,
+    /// Hash-and-compress workers; 0 means one per core.
+    pub threads: usize,
+}
+
+impl Default for SnapshotOptions {
+    fn default() -> Self {
+        SnapshotOptions {
+            chunker: ChunkerParams::default(),
+            level: DEFAULT_LEVEL,
+            threads: 0,
+        }
+    }
+}
+
+impl SnapshotOptions {
+    /// Worker count after resolving 0 to the number of cores.
+    pub fn worker_count(&self) -> usize {
+        match self.threads {
+            0 => thread::available_parallelism().map_or(2, |n| n.get()),
+            n => n,
+        }
+    }
+
+    /// Bytes read per window: large enough to amortise syscalls and to hold two chunks.
+    pub fn window(&self) -> usize {
+        (8usize << 20).max(2 * self.chunker.max_chunk())
+    }
+}
+
+/// What a snapshot found and stored.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct SnapshotStats {
+    /// Logical image size.
+    pub image_size: u64,
+    /// Bytes in chunks.
+    pub data_bytes: u64,
+    /// Bytes in zero runs (holes on restore).
+    pub zero_bytes: u64,
+    /// Chunk extents.
+    pub chunks: u64,
+    /// Chunks the store did not have.
+    pub new_chunks: u64,
+    /// Uncompressed bytes of those chunks.
+    pub new_bytes: u64,
+    /// Encoded bytes of those chunks, as handed to the store.
+    pub stored_bytes: u64,
+}
+
+/// The extents of a snapshot, ready for a manifest, and its figures.
+#[derive(Clone, Debug)]
+pub struct Scanned {
+    /// Image extents in order.
+    pub extents: Vec<Extent>,
+    /// Figures.
+    pub stats: SnapshotStats,
+}
+
+struct Job {
+    index: usize,
+    data: Bytes,
+}
+
+struct Done {
+    index: usize,
+    id: ChunkId,
+    stored: Option<usize>,
+}
+
+/// Scans `image`, stores every chunk `sink` lacks, and returns the extents.
+pub fn snapshot_image(
+    image: &Image,
+    opts: &SnapshotOptions,
+    sink: &dyn ChunkSink,
+    progress: &dyn Progress,
+) -> Result<Scanned, Error> {
+    opts.chunker.validate()?;
+    Encoder::new(opts.level)?;
+    let workers = opts.worker_count();
+    let (job_tx, job_rx) = crossbeam_channel::bounded::<Job>(workers * 4);
+    let (done_tx, done_rx) = crossbeam_channel::unbounded::<Done>();
+    let failure: Mutex<Option<Error>> = Mutex::new(None);
+    let cancel = AtomicBool::new(false);
+    let fail = |e: Error| {
+        cancel.store(true, Ordering::SeqCst);
+        if let Ok(mut f) = failure.lock()
+            && f.is_none()
+        {
+            *f = Some(e);
+        }
+    };
+    progress.start(image.size());
+
+    let read = thread::scope(|s| {
+        for _ in 0..workers {
+            let job_rx = job_rx.clone();
+            let done_tx = done_tx.clone();
+            let (fail, cancel) = (&fail, &cancel);
+            s.spawn(move || {
+                let mut enc = match Encoder::new(opts.level) {
+                    Ok(e) => e,
+                    Err(e) => return fail(e),
+                };
+                for job in job_rx.iter() {
+                    if cancel.load(Ordering::Relaxed) {
+                        continue;
+                    }
+                    let id = ChunkId::of(&job.data);
+                    let mut stored = None;
+                    if sink.claim(&id) {
+                        let put = enc.encode(&job.data).and_then(|obj| {
+                            let n = obj.len();
+                            sink.put(id, obj).map(|()| n)
+                        });
+                        match put {
+                            Ok(n) => stored = Some(n),
+                            Err(e) => {
+                                fail(e);
+                                continue;
+                            }
+                        }
+                    }
+                    progress.advance(job.data.len() as u64);
+                    let _ = done_tx.send(Done {
+                        index: job.index,
+                        id,
+                        stored,
+                    });
+                }
+            });
+        }
+        drop(done_tx);
+        let r = read_image(image, opts, &job_tx, &cancel, progress);
+        drop(job_tx);
+        r
+    });
+    progress.finish();
+    if let Some(e) = failure.lock().ok().and_then(|mut f| f.take()) {
+        return Err(e);
+    }
+    let (mut extents, mut stats) = read?;
+    let mut filled = 0u64;
+    for d in done_rx.iter() {
+        if let Some(Extent::Chunk { id, .. }) = extents.get_mut(d.index) {
+            *id = d.id;
+            filled += 1;
+        }
+        if let Some(n) = d.stored {
+            stats.new_chunks += 1;
+            stats.stored_bytes += n as u64;
+            if let Some(e) = extents.get(d.index) {
+                stats.new_bytes += e.len();
+            }
+        }
+    }
+    if filled != stats.chunks {
+        return Err(Error::Cancelled);
+    }
+    Ok(Scanned { extents, stats })
+}
+
+/// The reader: windows in, jobs and extents out.
+fn read_image(
+    image: &Image,
+    opts: &SnapshotOptions,
+    jobs: &crossbeam_channel::Sender<Job>,
+    cancel: &AtomicBool,
+    progress: &dyn Progress,
+) -> Result<(Vec<Extent>, SnapshotStats), Error> {
+    let size = image.size();
+    let window = opts.window();
+    let mut scanner = Scanner::new(opts.chunker);
+    let mut extents = Vec::new();
+    let mut stats = SnapshotStats {
+        image_size: size,
+        ..SnapshotStats::default()
+    };
+    let stopped = std::cell::Cell::new(false);
+    let mut emit = |piece: Piece| match piece {
+        Piece::Zero { offset, len } => {
+            stats.zero_bytes += len;
+            progress.advance(len);
+            extents.push(Extent::Zero { offset, len });
+        }
+        Piece::Chunk { offset, data } => {
+            stats.data_bytes += data.len() as u64;
+            stats.chunks += 1;
+            extents.push(Extent::Chunk {
+                offset,
+                len: data.len() as u32,
+                id: ChunkId([0; 32]),
+            });
+            let job = Job {
+                index: extents.len() - 1,
+                data,
+            };
+            if jobs.send(job).is_err() {
+                stopped.set(true);
+            }
+        }
+    };
+    let mut pos = 0u64;
+    while pos < size {
+        if cancel.load(Ordering::Relaxed) || stopped.get() {
+            return Err(Error::Cancelled);
+        }
+        // Skip long holes without reading them.
+        let hole_end = match image.next_data(pos)? {
+            None => size,
+            Some(d) => d / ZERO_BLOCK as u64 * ZERO_BLOCK as u64,
+        };
+        let hole = hole_end.saturating_sub(pos);
+        if hole >= window as u64 || (hole_end == size && hole >= ZERO_RUN_MIN as u64) {
+            scanner.push_zeros(hole, hole_end == size, &mut emit);
+            pos = hole_end;
+            continue;
+        }
+        let n = (window as u64).min(size - pos) as usize;
+        let mut buf = scanner.take_buffer(n);
+        image.read_into(pos, n, &mut buf)?;
+        pos += n as u64;
+        scanner.push(buf, pos == size, &mut emit);
+    }
+    if stopped.get() {
+        return Err(Error::Cancelled);
+    }
+    Ok((extents, stats))
+}

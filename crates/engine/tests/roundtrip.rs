@@ -1,0 +1,256 @@
+//! Snapshot and restore whole images through the engine and compare the bytes.
+
+#![allow(clippy::unwrap_used)]
+
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use geosnap_engine::chunker::ChunkerParams;
+use geosnap_engine::image::Image;
+use geosnap_engine::imagegen::{Profile, generate};
+use geosnap_engine::manifest::{Backing, Extent, Manifest, SnapshotMeta};
+use geosnap_engine::restore::{RestoreOptions, restore_image};
+use geosnap_engine::snapshot::{SnapshotOptions, snapshot_image};
+use geosnap_engine::store::DirStore;
+use geosnap_engine::{Error, NoProgress, SnapshotId};
+
+fn meta() -> SnapshotMeta {
+    SnapshotMeta {
+        id: SnapshotId::generate(),
+        instance: "vm".into(),
+        name: "snap".into(),
+        backing: Backing::Image,
+        home_region: "it-1".into(),
+        created_at: 1,
+        completed_at: 2,
+        retention_days: 0,
+    }
+}
+
+fn snapshot(image: &Path, store: &DirStore, chunker: ChunkerParams) -> Manifest {
+    let img = Image::open(image).unwrap();
+    let opts = SnapshotOptions {
+        chunker,
+        ..Default::default()
+    };
+    let scanned = snapshot_image(&img, &opts, store, &NoProgress).unwrap();
+    let m = Manifest::new(meta(), chunker, img.size(), scanned.extents).unwrap();
+    // What is written is what is read back.
+    Manifest::decode(&m.encode().unwrap()).unwrap()
+}
+
+fn allocated(p: &Path) -> u64 {
+    fs::metadata(p).unwrap().blocks() * 512
+}
+
+fn round_trip(image: &Path, chunker: ChunkerParams) -> PathBuf {
+    let dir = image.parent().unwrap();
+    let store = DirStore::new(&dir.join(format!("store-{chunker}"))).unwrap();
+    let m = snapshot(image, &store, chunker);
+    let out = dir.join(format!(
+        "{}.{}.restored",
+        image.file_name().unwrap().to_string_lossy(),
+        chunker.to_string().replace(':', "_")
+    ));
+    let stats = restore_image(&m, &store, &out, &RestoreOptions::default(), &NoProgress).unwrap();
+    assert_eq!(stats.image_size, fs::metadata(image).unwrap().len());
+    assert!(
+        fs::read(image).unwrap() == fs::read(&out).unwrap(),
+        "{} differs after a round trip with {chunker}",
+        image.display()
+    );
+    // Holes stay holes: the copy allocates no more than the source plus a little slack.
+    assert!(
+        allocated(&out) <= allocated(image) + (1 << 20),
+        "{}: restored allocates {} bytes, source {}",
+        image.display(),
+        allocated(&out),
+        allocated(image)
+    );
+    out
+}
+
+fn chunkers() -> [ChunkerParams; 3] {
+    [
+        ChunkerParams::default(),
+        ChunkerParams::fixed(65536).unwrap(),
+        "cdc:16K:64K:256K".parse().unwrap(),
+    ]
+}
+
+#[test]
+fn generated_images_of_every_profile_and_odd_sizes_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases: &[(&str, u64, Profile)] = &[
+        ("empty", 0, Profile::Random),
+        ("one-byte", 1, Profile::Random),
+        ("odd-random", 3 * 1024 * 1024 + 7, Profile::Random),
+        ("text", 5 * 1024 * 1024 + 511, Profile::Text),
+        ("zeros", 9 * 1024 * 1024 + 1, Profile::Zeros),
+        ("mixed", 24 * 1024 * 1024 + 4095, Profile::Mixed),
+        ("sparse", 64 * 1024 * 1024 + 12345, Profile::Sparse),
+    ];
+    for &(name, size, profile) in cases {
+        let p = dir.path().join(name);
+        generate(&p, size, profile, 42).unwrap();
+        for c in chunkers() {
+            round_trip(&p, c);
+        }
+    }
+}
+
+#[test]
+fn zero_runs_and_holes_are_never_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("sparse");
+    generate(&p, 128 << 20, Profile::Sparse, 3).unwrap();
+    let store = DirStore::new(&dir.path().join("store")).unwrap();
+    let img = Image::open(&p).unwrap();
+    let s = snapshot_image(&img, &SnapshotOptions::default(), &store, &NoProgress).unwrap();
+    // At least the trailing half of the image is one hole.
+    assert!(s.stats.zero_bytes >= 64 << 20, "{:?}", s.stats);
+    assert_eq!(s.stats.data_bytes + s.stats.zero_bytes, 128 << 20);
+    let zero_extents = s
+        .extents
+        .iter()
+        .filter(|e| matches!(e, Extent::Zero { .. }))
+        .count();
+    assert!(zero_extents > 1);
+    // A second snapshot of the same image stores nothing new.
+    let again = snapshot_image(&img, &SnapshotOptions::default(), &store, &NoProgress).unwrap();
+    assert_eq!(again.stats.new_chunks, 0);
+    assert_eq!(again.extents, s.extents);
+}
+
+#[test]
+fn a_real_ext4_filesystem_survives_a_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = dir.path().join("files");
+    fs::create_dir_all(files.join("etc/app")).unwrap();
+    for i in 0..200 {
+        fs::write(
+            files.join(format!("etc/app/conf-{i}.txt")),
+            format!("setting_{i} = {}\n", i * 7).repeat(50 + i),
+        )
+        .unwrap();
+    }
+    generate(&files.join("blob.bin"), 3 << 20, Profile::Random, 9).unwrap();
+    let img = dir.path().join("ext4.img");
+    let status = Command::new("mke2fs")
+        .args(["-q", "-F", "-t", "ext4", "-d"])
+        .arg(&files)
+        .arg(&img)
+        .arg("64M")
+        .status()
+        .expect("mke2fs (e2fsprogs) must be installed: .ci/run installs it");
+    assert!(status.success());
+    for c in chunkers() {
+        let out = round_trip(&img, c);
+        let fsck = Command::new("e2fsck")
+            .arg("-fn")
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert!(
+            fsck.status.success(),
+            "e2fsck failed on the restored image: {}",
+            String::from_utf8_lossy(&fsck.stdout)
+        );
+    }
+}
+
+#[test]
+fn a_corrupt_chunk_fails_the_restore_naming_it_and_leaves_no_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("img");
+    generate(&p, 4 << 20, Profile::Text, 5).unwrap();
+    let store = DirStore::new(&dir.path().join("store")).unwrap();
+    let m = snapshot(&p, &store, ChunkerParams::fixed(65536).unwrap());
+    let victim = m
+        .extents
+        .iter()
+        .find_map(|e| match e {
+            Extent::Chunk { id, .. } => Some(*id),
+            _ => None,
+        })
+        .unwrap();
+    let path = store.path_of(&victim);
+    let mut bytes = fs::read(&path).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x01;
+    fs::write(&path, bytes).unwrap();
+
+    let out = dir.path().join("restored");
+    let err = restore_image(&m, &store, &out, &RestoreOptions::default(), &NoProgress).unwrap_err();
+    assert!(
+        matches!(err, Error::ChunkCorrupt { id, .. } if id == victim),
+        "{err}"
+    );
+    assert!(err.to_string().contains(&victim.to_hex()), "{err}");
+    assert!(!out.exists());
+    let leftovers: Vec<_> = fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|n| n.to_string_lossy().contains("partial"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+
+    // A missing chunk names it too.
+    fs::remove_file(&path).unwrap();
+    let err = restore_image(&m, &store, &out, &RestoreOptions::default(), &NoProgress).unwrap_err();
+    assert!(err.to_string().contains(&victim.to_hex()), "{err}");
+    assert!(!out.exists());
+}
+
+#[test]
+fn restore_refuses_to_clobber_and_needs_an_existing_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("img");
+    generate(&p, 1 << 20, Profile::Random, 5).unwrap();
+    let store = DirStore::new(&dir.path().join("store")).unwrap();
+    let m = snapshot(&p, &store, ChunkerParams::default());
+    let taken = dir.path().join("taken");
+    fs::write(&taken, b"precious").unwrap();
+    let err = restore_image(&m, &store, &taken, &RestoreOptions::default(), &NoProgress);
+    assert!(matches!(err, Err(Error::TargetExists { .. })));
+    assert_eq!(fs::read(&taken).unwrap(), b"precious");
+    let overwrite = RestoreOptions {
+        overwrite: true,
+        ..Default::default()
+    };
+    restore_image(&m, &store, &taken, &overwrite, &NoProgress).unwrap();
+    assert_eq!(fs::read(&taken).unwrap(), fs::read(&p).unwrap());
+    let nowhere = dir.path().join("no/such/dir/out");
+    let err = restore_image(
+        &m,
+        &store,
+        &nowhere,
+        &RestoreOptions::default(),
+        &NoProgress,
+    );
+    assert!(matches!(err, Err(Error::TargetDirMissing { .. })));
+}
+
+#[test]
+fn truncated_manifests_are_refused_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("img");
+    generate(&p, 2 << 20, Profile::Mixed, 5).unwrap();
+    let store = DirStore::new(&dir.path().join("store")).unwrap();
+    let bytes = snapshot(&p, &store, ChunkerParams::default())
+        .encode()
+        .unwrap();
+    let err = Manifest::decode(&bytes[..bytes.len() / 2]).unwrap_err();
+    assert!(err.to_string().contains("truncated"), "{err}");
+}
+
+#[test]
+fn missing_and_directory_images_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = Image::open(&dir.path().join("nope")).unwrap_err();
+    assert!(err.to_string().contains("No such file"), "{err}");
+    let err = Image::open(dir.path()).unwrap_err();
+    assert!(err.to_string().contains("is a directory"), "{err}");
+}
