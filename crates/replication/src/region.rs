@@ -1,0 +1,229 @@
+//! Regions: a name, a country and two object stores (main and volume), built from the URLs
+//! in the configuration, each seen through the simulator.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use geosnap_engine::manifest::Backing;
+use object_store::ObjectStore;
+use object_store::local::LocalFileSystem;
+use object_store::memory::InMemory;
+use object_store::prefix::PrefixStore;
+use serde::{Deserialize, Serialize};
+use url::Url;
+
+use crate::bucket::{Bucket, StoreKind};
+use crate::retry::RetryPolicy;
+use crate::simulator::{FaultConfig, Faults, FaultyStore};
+use crate::{Error, Result};
+
+/// A region as written in the configuration file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegionSpec {
+    /// Short name, e.g. `it-1`.
+    pub name: String,
+    /// Country, for people.
+    pub country: String,
+    /// Main store URL: `file:///path`, `memory://` or any URL object_store parses.
+    pub url: String,
+    /// Volume store URL (same forms).
+    pub volume_url: String,
+    /// Extra store options passed to object_store (e.g. S3 endpoint and keys).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub options: BTreeMap<String, String>,
+}
+
+/// One region, ready to use.
+#[derive(Debug)]
+pub struct Region {
+    spec: RegionSpec,
+    main: Bucket,
+    volume: Bucket,
+    faults: Arc<Faults>,
+}
+
+impl Region {
+    /// Opens the region's stores (creating local directories) behind a simulator that starts
+    /// in state `faults`.
+    pub fn open(spec: &RegionSpec, faults: FaultConfig, retry: RetryPolicy) -> Result<Region> {
+        let faults = Faults::new(&spec.name, faults);
+        let bucket = |url: &str, kind| -> Result<Bucket> {
+            let (store, sync_root) = open_store(&spec.name, url, &spec.options)?;
+            Ok(Bucket {
+                region: spec.name.clone(),
+                kind,
+                store: Arc::new(FaultyStore::new(store, faults.clone())),
+                sync_root,
+                retry,
+            })
+        };
+        Ok(Region {
+            main: bucket(&spec.url, StoreKind::Main)?,
+            volume: bucket(&spec.volume_url, StoreKind::Volume)?,
+            spec: spec.clone(),
+            faults,
+        })
+    }
+
+    /// Region name.
+    pub fn name(&self) -> &str {
+        &self.spec.name
+    }
+
+    /// Its configuration.
+    pub fn spec(&self) -> &RegionSpec {
+        &self.spec
+    }
+
+    /// One of its stores.
+    pub fn bucket(&self, kind: StoreKind) -> &Bucket {
+        match kind {
+            StoreKind::Main => &self.main,
+            StoreKind::Volume => &self.volume,
+        }
+    }
+
+    /// Its simulator state, changeable at run time.
+    pub fn faults(&self) -> &Arc<Faults> {
+        &self.faults
+    }
+}
+
+/// Builds the store a URL names; returns the local root to flush for directory stores.
+fn open_store(
+    region: &str,
+    url: &str,
+    options: &BTreeMap<String, String>,
+) -> Result<(Arc<dyn ObjectStore>, Option<PathBuf>)> {
+    let config = |reason: String| Error::Config {
+        region: region.to_string(),
+        reason,
+    };
+    let parsed = Url::parse(url).map_err(|e| config(format!("'{url}' is not a URL ({e})")))?;
+    match parsed.scheme() {
+        "file" => {
+            let path = parsed
+                .to_file_path()
+                .map_err(|()| config(format!("'{url}' is not a local path")))?;
+            std::fs::create_dir_all(&path)
+                .map_err(|e| config(format!("cannot create {}: {e}", path.display())))?;
+            let store = LocalFileSystem::new_with_prefix(&path)
+                .map_err(|e| config(format!("cannot open {}: {e}", path.display())))?;
+            Ok((Arc::new(store), Some(path)))
+        }
+        "memory" => Ok((Arc::new(InMemory::new()), None)),
+        _ => {
+            let (store, prefix) = object_store::parse_url_opts(&parsed, options)
+                .map_err(|e| config(format!("cannot use '{url}': {e}")))?;
+            let store: Arc<dyn ObjectStore> = if prefix.as_ref().is_empty() {
+                Arc::from(store)
+            } else {
+                Arc::new(PrefixStore::new(store, prefix))
+            };
+            Ok((store, None))
+        }
+    }
+}
+
+/// Knobs of replicated writes.
+#[derive(Clone, Copy, Debug)]
+pub struct Tuning {
+    /// Concurrent uploads per store.
+    pub upload_concurrency: usize,
+    /// Encoded bytes that may wait for one store before it holds the others back.
+    pub buffer_bytes: usize,
+    /// How long a store may keep its buffer full while others have room before it is cut
+    /// loose (its chunks then come from a replication job).
+    pub detach_after: std::time::Duration,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Tuning {
+            upload_concurrency: 16,
+            buffer_bytes: 64 << 20,
+            detach_after: std::time::Duration::from_secs(2),
+        }
+    }
+}
+
+/// Every configured region and the write quorum.
+#[derive(Debug)]
+pub struct Regions {
+    regions: Vec<Region>,
+    quorum: usize,
+    /// Write tuning.
+    pub tuning: Tuning,
+}
+
+impl Regions {
+    /// A set of regions; `quorum` must be between 1 and their number.
+    pub fn new(regions: Vec<Region>, quorum: usize) -> Result<Regions> {
+        if regions.is_empty() || quorum == 0 || quorum > regions.len() {
+            return Err(Error::Config {
+                region: "*".into(),
+                reason: format!(
+                    "write quorum {quorum} is impossible with {} regions",
+                    regions.len()
+                ),
+            });
+        }
+        Ok(Regions {
+            regions,
+            quorum,
+            tuning: Tuning::default(),
+        })
+    }
+
+    /// Write quorum for image-backed snapshots.
+    pub fn quorum(&self) -> usize {
+        self.quorum
+    }
+
+    /// The region called `name`.
+    pub fn get(&self, name: &str) -> Result<&Region> {
+        self.regions
+            .iter()
+            .find(|r| r.name() == name)
+            .ok_or_else(|| Error::UnknownRegion {
+                name: name.to_string(),
+                known: self.names().join(", "),
+            })
+    }
+
+    /// All regions in configuration order.
+    pub fn iter(&self) -> impl Iterator<Item = &Region> {
+        self.regions.iter()
+    }
+
+    /// Region names in configuration order.
+    pub fn names(&self) -> Vec<&str> {
+        self.regions.iter().map(Region::name).collect()
+    }
+
+    /// The stores a snapshot of this backing is written to, and the quorum among them:
+    /// every main store for image-backed instances, the home volume store alone for
+    /// volume-backed ones.
+    pub fn targets(&self, backing: Backing, home: &str) -> Result<(Vec<Bucket>, usize)> {
+        match backing {
+            Backing::Image => Ok((
+                self.regions
+                    .iter()
+                    .map(|r| r.bucket(StoreKind::Main).clone())
+                    .collect(),
+                self.quorum,
+            )),
+            Backing::Volume => Ok((vec![self.get(home)?.bucket(StoreKind::Volume).clone()], 1)),
+        }
+    }
+
+    /// Main stores of every region but `except`, for fallback reads and repair sources.
+    pub fn others(&self, except: &str) -> Vec<Bucket> {
+        self.regions
+            .iter()
+            .filter(|r| r.name() != except)
+            .map(|r| r.bucket(StoreKind::Main).clone())
+            .collect()
+    }
+}

@@ -1,0 +1,478 @@
+//! Replicated snapshot writes.
+//!
+//! Per target store: list what it holds, drop an in-flight marker, receive the chunks it
+//! lacks (concurrently with the other stores), flush, then the manifest. A manifest is
+//! written only to stores that hold every chunk, and only if at least the quorum of them
+//! do; otherwise no manifest is left anywhere. A store whose buffer stays full while the
+//! others keep up is cut loose (if the quorum allows) and owed a replication job.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use geosnap_engine::image::Image;
+use geosnap_engine::manifest::{Manifest, SnapshotMeta};
+use geosnap_engine::snapshot::{SnapshotOptions, SnapshotStats, snapshot_image};
+use geosnap_engine::store::ChunkSink;
+use geosnap_engine::{ChunkId, Progress};
+use serde::Serialize;
+use tokio::runtime::Handle;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+
+use crate::bucket::Bucket;
+use crate::region::{Regions, Tuning};
+use crate::{Error, Result, layout};
+
+/// What to snapshot.
+#[derive(Clone, Debug)]
+pub struct WriteRequest {
+    /// Image file.
+    pub image: PathBuf,
+    /// Snapshot identity; `completed_at` is set when the data is durable.
+    pub meta: SnapshotMeta,
+    /// Chunker, zstd level, threads.
+    pub options: SnapshotOptions,
+}
+
+/// How one store fared.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "state", rename_all = "lowercase")]
+pub enum ReplicaOutcome {
+    /// Holds every chunk and the manifest.
+    Written,
+    /// Missed (down, failed or cut loose); a replication job owes it the snapshot.
+    Owed {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// A committed snapshot.
+#[derive(Clone, Debug)]
+pub struct WriteOutcome {
+    /// The manifest as written.
+    pub manifest: Manifest,
+    /// Engine figures.
+    pub stats: SnapshotStats,
+    /// Per store (region name), in target order.
+    pub replicas: Vec<(String, ReplicaOutcome)>,
+    /// Encoded bytes uploaded, summed over stores.
+    pub uploaded_bytes: u64,
+}
+
+/// Writes a snapshot of `req.image` to the stores its backing calls for.
+pub async fn write_snapshot(
+    regions: &Regions,
+    req: WriteRequest,
+    progress: Arc<dyn Progress + Send + Sync>,
+    now: &(dyn Fn() -> i64 + Sync),
+) -> Result<WriteOutcome> {
+    let (buckets, quorum) = regions.targets(req.meta.backing, &req.meta.home_region)?;
+    let tuning = regions.tuning;
+    let id = req.meta.id;
+
+    // What each store holds, and an in-flight marker so gc spares what we add.
+    let prepared = futures::future::join_all(buckets.into_iter().map(|b| async move {
+        let ready = async {
+            let held = b.chunk_ids().await?;
+            b.put(&layout::inflight(&id), Bytes::from(now().to_string()))
+                .await?;
+            Ok::<_, Error>(held)
+        }
+        .await;
+        Target::new(b, ready, &tuning)
+    }))
+    .await;
+    let targets: Vec<Arc<Target>> = prepared.into_iter().map(Arc::new).collect();
+    if let Err(e) = check_quorum(&targets, quorum) {
+        cleanup(&targets, &id, false).await;
+        return Err(e);
+    }
+
+    let sink = Arc::new(Sink {
+        targets: targets.clone(),
+        claimed: Mutex::default(),
+        handle: Handle::current(),
+        quorum,
+        tuning,
+    });
+    let uploaders: Vec<_> = targets
+        .iter()
+        .map(|t| {
+            let rx = t.take_receiver();
+            tokio::spawn(upload(t.clone(), rx, tuning.upload_concurrency))
+        })
+        .collect();
+
+    let scan = {
+        let (sink, image, options) = (sink.clone(), req.image.clone(), req.options);
+        tokio::task::spawn_blocking(move || {
+            let image = Image::open(&image)?;
+            snapshot_image(&image, &options, &*sink, &*progress)
+        })
+        .await
+    };
+    for t in &targets {
+        t.close();
+    }
+    let scanned = match scan {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            abort(&uploaders);
+            cleanup(&targets, &id, false).await;
+            return Err(match e {
+                geosnap_engine::Error::Store(boxed) => match boxed.downcast::<Error>() {
+                    Ok(ours) => *ours,
+                    Err(other) => Error::Engine(geosnap_engine::Error::Store(other)),
+                },
+                e => Error::Engine(e),
+            });
+        }
+        Err(e) => {
+            abort(&uploaders);
+            cleanup(&targets, &id, false).await;
+            return Err(Error::Task(e.to_string()));
+        }
+    };
+
+    // Wait for the stores that kept up; those cut loose are finished by replication.
+    for (t, u) in targets.iter().zip(&uploaders) {
+        if t.detached.load(Ordering::SeqCst) {
+            u.abort();
+        }
+    }
+    for (t, u) in targets.iter().zip(uploaders) {
+        if !t.detached.load(Ordering::SeqCst) && u.await.is_err() {
+            t.fail("upload task failed".into());
+        }
+    }
+    futures::future::join_all(targets.iter().filter(|t| t.active()).map(|t| async move {
+        if let Err(e) = t.bucket.sync().await {
+            t.fail(e.to_string());
+        }
+    }))
+    .await;
+    if let Err(e) = check_quorum(&targets, quorum) {
+        cleanup(&targets, &id, false).await;
+        return Err(e);
+    }
+
+    let mut meta = req.meta.clone();
+    meta.completed_at = now();
+    let manifest = Manifest::new(
+        meta,
+        req.options.chunker,
+        scanned.stats.image_size,
+        scanned.extents,
+    )?;
+    let encoded = Bytes::from(manifest.encode()?);
+    futures::future::join_all(targets.iter().filter(|t| t.active()).map(|t| {
+        let encoded = encoded.clone();
+        async move {
+            let r = async {
+                t.bucket.put(&layout::manifest(&id), encoded).await?;
+                t.bucket.sync().await
+            }
+            .await;
+            if let Err(e) = r {
+                t.fail(e.to_string());
+            }
+        }
+    }))
+    .await;
+    if let Err(e) = check_quorum(&targets, quorum) {
+        cleanup(&targets, &id, true).await;
+        return Err(e);
+    }
+    // The snapshot is committed in the quorum: markers of written stores can go.
+    for t in targets.iter().filter(|t| t.active()) {
+        let _ = t.bucket.delete(&layout::inflight(&id)).await;
+    }
+    let replicas = targets
+        .iter()
+        .map(|t| {
+            let outcome = if t.active() {
+                ReplicaOutcome::Written
+            } else {
+                ReplicaOutcome::Owed { reason: t.reason() }
+            };
+            (t.bucket.region.clone(), outcome)
+        })
+        .collect();
+    Ok(WriteOutcome {
+        manifest,
+        stats: scanned.stats,
+        replicas,
+        uploaded_bytes: targets
+            .iter()
+            .map(|t| t.uploaded_bytes.load(Ordering::Relaxed))
+            .sum(),
+    })
+}
+
+fn check_quorum(targets: &[Arc<Target>], quorum: usize) -> Result<()> {
+    let written = targets.iter().filter(|t| t.active()).count();
+    if written >= quorum {
+        return Ok(());
+    }
+    let reasons = targets
+        .iter()
+        .filter(|t| !t.active())
+        .map(|t| format!("{}: {}", t.bucket, t.reason()))
+        .collect::<Vec<_>>()
+        .join("; ");
+    Err(Error::QuorumNotMet {
+        written,
+        needed: quorum,
+        reasons,
+    })
+}
+
+fn abort(uploaders: &[tokio::task::JoinHandle<()>]) {
+    for u in uploaders {
+        u.abort();
+    }
+}
+
+/// Removes what a failed snapshot left visible: manifests (if any were written) and
+/// markers. Chunks stay for gc.
+async fn cleanup(targets: &[Arc<Target>], id: &geosnap_engine::SnapshotId, manifests: bool) {
+    for t in targets {
+        if manifests {
+            let _ = t.bucket.delete(&layout::manifest(id)).await;
+        }
+        let _ = t.bucket.delete(&layout::inflight(id)).await;
+    }
+}
+
+struct Upload {
+    id: ChunkId,
+    object: Bytes,
+    _permit: OwnedSemaphorePermit,
+}
+
+/// One store being written.
+struct Target {
+    bucket: Bucket,
+    held: HashSet<ChunkId>,
+    failed: AtomicBool,
+    detached: AtomicBool,
+    reason: Mutex<String>,
+    budget: Arc<Semaphore>,
+    budget_total: usize,
+    full_since: Mutex<Option<Instant>>,
+    tx: Mutex<Option<mpsc::UnboundedSender<Upload>>>,
+    rx: Mutex<Option<mpsc::UnboundedReceiver<Upload>>>,
+    uploaded_bytes: AtomicU64,
+}
+
+impl Target {
+    fn new(bucket: Bucket, ready: Result<HashSet<ChunkId>>, tuning: &Tuning) -> Target {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let budget_total = (tuning.buffer_bytes / 1024).max(1);
+        let t = Target {
+            bucket,
+            held: HashSet::new(),
+            failed: AtomicBool::new(false),
+            detached: AtomicBool::new(false),
+            reason: Mutex::new(String::new()),
+            budget: Arc::new(Semaphore::new(budget_total)),
+            budget_total,
+            full_since: Mutex::new(None),
+            tx: Mutex::new(Some(tx)),
+            rx: Mutex::new(Some(rx)),
+            uploaded_bytes: AtomicU64::new(0),
+        };
+        match ready {
+            Ok(held) => Target { held, ..t },
+            Err(e) => {
+                t.fail(e.to_string());
+                t
+            }
+        }
+    }
+
+    fn active(&self) -> bool {
+        !self.failed.load(Ordering::SeqCst) && !self.detached.load(Ordering::SeqCst)
+    }
+
+    fn fail(&self, reason: String) {
+        if !self.failed.swap(true, Ordering::SeqCst) {
+            tracing::warn!(store = %self.bucket, %reason, "store dropped from snapshot");
+            if let Ok(mut r) = self.reason.lock() {
+                *r = reason;
+            }
+        }
+        self.close();
+    }
+
+    fn detach(&self) {
+        if !self.detached.swap(true, Ordering::SeqCst) {
+            if let Ok(mut r) = self.reason.lock() {
+                *r = "fell behind the other regions; a replication job will finish it".into();
+            }
+            self.close();
+        }
+    }
+
+    fn reason(&self) -> String {
+        self.reason.lock().map(|r| r.clone()).unwrap_or_default()
+    }
+
+    fn close(&self) {
+        if let Ok(mut tx) = self.tx.lock() {
+            tx.take();
+        }
+    }
+
+    fn take_receiver(&self) -> mpsc::UnboundedReceiver<Upload> {
+        self.rx
+            .lock()
+            .ok()
+            .and_then(|mut r| r.take())
+            .unwrap_or_else(|| mpsc::unbounded_channel().1)
+    }
+
+    fn has_room(&self) -> bool {
+        self.budget.available_permits() * 4 > self.budget_total
+    }
+}
+
+/// Uploads queued chunks of one store, `concurrency` at a time, until the queue closes.
+async fn upload(t: Arc<Target>, mut rx: mpsc::UnboundedReceiver<Upload>, concurrency: usize) {
+    let queue = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
+    queue
+        .for_each_concurrent(concurrency, |u| {
+            let t = t.clone();
+            async move {
+                if t.failed.load(Ordering::SeqCst) {
+                    return;
+                }
+                let n = u.object.len() as u64;
+                match t.bucket.put(&layout::chunk(&u.id), u.object).await {
+                    Ok(()) => {
+                        t.uploaded_bytes.fetch_add(n, Ordering::Relaxed);
+                    }
+                    Err(e) => t.fail(e.to_string()),
+                }
+            }
+        })
+        .await;
+}
+
+/// The engine's view of the target stores.
+struct Sink {
+    targets: Vec<Arc<Target>>,
+    claimed: Mutex<HashSet<ChunkId>>,
+    handle: Handle,
+    quorum: usize,
+    tuning: Tuning,
+}
+
+impl Sink {
+    fn active(&self) -> usize {
+        self.targets.iter().filter(|t| t.active()).count()
+    }
+
+    /// Waits for room in `t`'s buffer; cuts `t` loose instead if it has been full for a
+    /// while, another store has room, and the quorum survives without it.
+    fn reserve(&self, t: &Target, bytes: usize) -> Option<OwnedSemaphorePermit> {
+        let permits = bytes.div_ceil(1024).min(t.budget_total) as u32;
+        if let Ok(p) = t.budget.clone().try_acquire_many_owned(permits) {
+            if let Ok(mut f) = t.full_since.lock() {
+                *f = None;
+            }
+            return Some(p);
+        }
+        loop {
+            let waited = self.handle.block_on(async {
+                tokio::time::timeout(
+                    Duration::from_millis(100),
+                    t.budget.clone().acquire_many_owned(permits),
+                )
+                .await
+            });
+            match waited {
+                Ok(Ok(p)) => return Some(p),
+                Ok(Err(_)) => return None,
+                Err(_) => {}
+            }
+            if !t.active() {
+                return None;
+            }
+            let since = t
+                .full_since
+                .lock()
+                .map(|mut f| *f.get_or_insert_with(Instant::now))
+                .unwrap_or_else(|_| Instant::now());
+            let others_keep_up = self
+                .targets
+                .iter()
+                .any(|o| !std::ptr::eq(&**o, t) && o.active() && o.has_room());
+            if since.elapsed() >= self.tuning.detach_after
+                && others_keep_up
+                && self.active() > self.quorum
+            {
+                t.detach();
+                return None;
+            }
+        }
+    }
+}
+
+impl ChunkSink for Sink {
+    fn claim(&self, id: &ChunkId) -> bool {
+        let needed = self
+            .targets
+            .iter()
+            .any(|t| t.active() && !t.held.contains(id));
+        needed
+            && self
+                .claimed
+                .lock()
+                .map(|mut c| c.insert(*id))
+                .unwrap_or(true)
+    }
+
+    fn put(&self, id: ChunkId, object: Bytes) -> std::result::Result<(), geosnap_engine::Error> {
+        for t in &self.targets {
+            if !t.active() || t.held.contains(&id) {
+                continue;
+            }
+            let Some(permit) = self.reserve(t, object.len()) else {
+                continue;
+            };
+            let sent = t.tx.lock().ok().and_then(|tx| {
+                tx.as_ref().map(|tx| {
+                    tx.send(Upload {
+                        id,
+                        object: object.clone(),
+                        _permit: permit,
+                    })
+                })
+            });
+            if !matches!(sent, Some(Ok(()))) && t.active() {
+                t.fail("upload queue closed".into());
+            }
+        }
+        if self.active() < self.quorum {
+            let reasons = self
+                .targets
+                .iter()
+                .filter(|t| !t.active())
+                .map(|t| format!("{}: {}", t.bucket, t.reason()))
+                .collect::<Vec<_>>()
+                .join("; ");
+            return Err(geosnap_engine::Error::store(Error::QuorumNotMet {
+                written: self.active(),
+                needed: self.quorum,
+                reasons,
+            }));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,459 @@
+//! Replicated writes, fallback restores, repair and residency, end to end over real stores.
+
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::TryStreamExt;
+use geosnap_engine::imagegen::{Profile, generate};
+use geosnap_engine::manifest::{Backing, SnapshotMeta};
+use geosnap_engine::snapshot::SnapshotOptions;
+use geosnap_engine::{NoProgress, SnapshotId};
+use geosnap_replication::reader::{RestoreRequest, restore_snapshot};
+use geosnap_replication::region::{Region, RegionSpec, Regions};
+use geosnap_replication::repair::{repair_region, replicate_snapshot, verify_store};
+use geosnap_replication::retry::RetryPolicy;
+use geosnap_replication::simulator::{FaultConfig, corrupt_objects, lose_objects};
+use geosnap_replication::writer::{ReplicaOutcome, WriteRequest, write_snapshot};
+use geosnap_replication::{Error, StoreKind, layout};
+use object_store::ObjectStore;
+
+const NAMES: [&str; 3] = ["it-1", "de-1", "nl-1"];
+
+fn quick_retry() -> RetryPolicy {
+    RetryPolicy {
+        attempts: 6,
+        base: Duration::from_millis(1),
+        max: Duration::from_millis(20),
+    }
+}
+
+fn regions(dir: &Path) -> Regions {
+    let list = NAMES
+        .iter()
+        .map(|n| {
+            let spec = RegionSpec {
+                name: n.to_string(),
+                country: "x".into(),
+                url: format!("file://{}/{n}", dir.display()),
+                volume_url: format!("file://{}/{n}-volume", dir.display()),
+                options: Default::default(),
+            };
+            Region::open(&spec, FaultConfig::default(), quick_retry()).unwrap()
+        })
+        .collect();
+    Regions::new(list, 2).unwrap()
+}
+
+fn meta(backing: Backing) -> SnapshotMeta {
+    SnapshotMeta {
+        id: SnapshotId::generate(),
+        instance: "web-1".into(),
+        name: "snap".into(),
+        backing,
+        home_region: "it-1".into(),
+        created_at: 1000,
+        completed_at: 0,
+        retention_days: 0,
+    }
+}
+
+fn set(regions: &Regions, name: &str, config: FaultConfig) {
+    regions.get(name).unwrap().faults().set(config);
+}
+
+fn down() -> FaultConfig {
+    FaultConfig {
+        down: true,
+        ..Default::default()
+    }
+}
+
+async fn take(
+    regions: &Regions,
+    image: &Path,
+    meta: SnapshotMeta,
+) -> geosnap_replication::Result<geosnap_replication::writer::WriteOutcome> {
+    let req = WriteRequest {
+        image: image.to_path_buf(),
+        meta,
+        options: SnapshotOptions {
+            chunker: "fixed:64K".parse().unwrap(),
+            ..Default::default()
+        },
+    };
+    write_snapshot(regions, req, Arc::new(NoProgress), &|| 2000).await
+}
+
+async fn restore(
+    regions: &Regions,
+    id: SnapshotId,
+    backing: Backing,
+    from: &str,
+    strict: bool,
+    to: &Path,
+) -> geosnap_replication::Result<geosnap_replication::reader::RestoreOutcome> {
+    let req = RestoreRequest {
+        snapshot: id,
+        backing,
+        home: "it-1".into(),
+        from: from.into(),
+        strict,
+        target: to.to_path_buf(),
+        overwrite: true,
+    };
+    restore_snapshot(regions, req, Arc::new(NoProgress)).await
+}
+
+fn image(dir: &Path, size: u64) -> PathBuf {
+    let p = dir.join("disk.img");
+    generate(&p, size, Profile::Mixed, 7).unwrap();
+    p
+}
+
+fn same(a: &Path, b: &Path) -> bool {
+    std::fs::read(a).unwrap() == std::fs::read(b).unwrap()
+}
+
+async fn keys(store: &dyn ObjectStore) -> Vec<String> {
+    store
+        .list(None)
+        .map_ok(|m| m.location.to_string())
+        .try_collect()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn all_regions_up_gives_an_available_snapshot_restorable_from_each() {
+    let dir = tempfile::tempdir().unwrap();
+    let regions = regions(dir.path());
+    let img = image(dir.path(), 12 << 20);
+    let out = take(&regions, &img, meta(Backing::Image)).await.unwrap();
+    assert!(
+        out.replicas
+            .iter()
+            .all(|(_, r)| *r == ReplicaOutcome::Written)
+    );
+    assert_eq!(out.manifest.header.meta.completed_at, 2000);
+    for name in NAMES {
+        let to = dir.path().join(format!("restored-{name}"));
+        let r = restore(
+            &regions,
+            out.manifest.header.meta.id,
+            Backing::Image,
+            name,
+            true,
+            &to,
+        )
+        .await
+        .unwrap();
+        assert!(same(&img, &to), "restore from {name} differs");
+        assert!(r.repaired_chunks.is_empty());
+        // No in-flight marker survives a committed snapshot.
+        let store = regions
+            .get(name)
+            .unwrap()
+            .bucket(StoreKind::Main)
+            .store
+            .clone();
+        assert!(
+            !keys(&*store)
+                .await
+                .iter()
+                .any(|k| k.starts_with("inflight/"))
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_region_down_is_degraded_then_repaired_to_available() {
+    let dir = tempfile::tempdir().unwrap();
+    let regions = regions(dir.path());
+    let img = image(dir.path(), 8 << 20);
+    set(&regions, "de-1", down());
+    let out = take(&regions, &img, meta(Backing::Image)).await.unwrap();
+    let de = out.replicas.iter().find(|(n, _)| n == "de-1").unwrap();
+    assert!(
+        matches!(&de.1, ReplicaOutcome::Owed { reason } if reason.contains("unavailable")),
+        "{de:?}"
+    );
+    let id = out.manifest.header.meta.id;
+    // While down, a restore from de-1 says so.
+    let err = restore(
+        &regions,
+        id,
+        Backing::Image,
+        "de-1",
+        false,
+        &dir.path().join("x"),
+    )
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("de-1"), "{err}");
+
+    set(&regions, "de-1", FaultConfig::default());
+    let report = repair_region(&regions, "de-1").await.unwrap();
+    assert_eq!(report.snapshots.len(), 1);
+    assert!(report.snapshots[0].1.manifest_written);
+    // Repair is idempotent.
+    assert!(
+        repair_region(&regions, "de-1")
+            .await
+            .unwrap()
+            .snapshots
+            .is_empty()
+    );
+    let to = dir.path().join("from-de");
+    restore(&regions, id, Backing::Image, "de-1", true, &to)
+        .await
+        .unwrap();
+    assert!(same(&img, &to));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_regions_down_fails_and_leaves_no_manifest_anywhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let regions = regions(dir.path());
+    let img = image(dir.path(), 4 << 20);
+    set(&regions, "de-1", down());
+    set(&regions, "nl-1", down());
+    let m = meta(Backing::Image);
+    let id = m.id;
+    let err = take(&regions, &img, m).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::QuorumNotMet {
+                written: 1,
+                needed: 2,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("de-1") && err.to_string().contains("nl-1"),
+        "{err}"
+    );
+    set(&regions, "de-1", FaultConfig::default());
+    set(&regions, "nl-1", FaultConfig::default());
+    for name in NAMES {
+        let b = regions.get(name).unwrap().bucket(StoreKind::Main);
+        assert!(!b.exists(&layout::manifest(&id)).await.unwrap(), "{name}");
+        assert!(!b.exists(&layout::inflight(&id)).await.unwrap(), "{name}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn damaged_region_restores_byte_identical_and_is_repaired() {
+    let dir = tempfile::tempdir().unwrap();
+    let regions = regions(dir.path());
+    let img = image(dir.path(), 48 << 20);
+    let out = take(&regions, &img, meta(Backing::Image)).await.unwrap();
+    let id = out.manifest.header.meta.id;
+    let de = regions
+        .get("de-1")
+        .unwrap()
+        .bucket(StoreKind::Main)
+        .store
+        .clone();
+    let corrupted = corrupt_objects(&*de, &layout::chunks_prefix(), 0.01, 11)
+        .await
+        .unwrap();
+    let lost = lose_objects(&*de, &layout::chunks_prefix(), 0.01, 12)
+        .await
+        .unwrap();
+    assert!(!corrupted.is_empty() && !lost.is_empty());
+
+    // Strict: fails, naming a damaged chunk.
+    let err = restore(
+        &regions,
+        id,
+        Backing::Image,
+        "de-1",
+        true,
+        &dir.path().join("strict"),
+    )
+    .await
+    .unwrap_err();
+    let msg = err.to_string();
+    let named = corrupted.iter().chain(&lost).any(|k| {
+        let hex = k.filename().unwrap_or_default();
+        msg.contains(hex)
+    });
+    assert!(named, "{msg}");
+    assert!(!dir.path().join("strict").exists());
+
+    // Verify sees every damaged chunk.
+    let v = verify_store(&regions, "de-1", StoreKind::Main, false)
+        .await
+        .unwrap();
+    let damaged: std::collections::HashSet<_> = corrupted
+        .iter()
+        .chain(&lost)
+        .map(|k| k.filename().unwrap().to_string())
+        .collect();
+    let found: std::collections::HashSet<_> = v
+        .corrupt_chunks
+        .iter()
+        .chain(&v.missing_chunks)
+        .cloned()
+        .collect();
+    assert_eq!(found, damaged);
+
+    let to = dir.path().join("fallback");
+    let r = restore(&regions, id, Backing::Image, "de-1", false, &to)
+        .await
+        .unwrap();
+    assert!(same(&img, &to));
+    assert_eq!(r.repaired_chunks.len(), damaged.len());
+    let v = verify_store(&regions, "de-1", StoreKind::Main, false)
+        .await
+        .unwrap();
+    assert!(
+        v.corrupt_chunks.is_empty() && v.missing_chunks.is_empty(),
+        "{v:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transient_errors_on_every_region_are_hidden_by_retries() {
+    let dir = tempfile::tempdir().unwrap();
+    let regions = regions(dir.path());
+    let img = image(dir.path(), 16 << 20);
+    for (i, n) in NAMES.iter().enumerate() {
+        set(
+            &regions,
+            n,
+            FaultConfig {
+                error_rate: 0.1,
+                seed: i as u64 + 1,
+                ..Default::default()
+            },
+        );
+    }
+    let out = take(&regions, &img, meta(Backing::Image)).await.unwrap();
+    assert!(
+        out.replicas
+            .iter()
+            .all(|(_, r)| *r == ReplicaOutcome::Written),
+        "{:?}",
+        out.replicas
+    );
+    let to = dir.path().join("r");
+    restore(
+        &regions,
+        out.manifest.header.meta.id,
+        Backing::Image,
+        "nl-1",
+        true,
+        &to,
+    )
+    .await
+    .unwrap();
+    assert!(same(&img, &to));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn volume_backed_snapshots_never_leave_the_home_volume_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let regions = regions(dir.path());
+    let img = image(dir.path(), 6 << 20);
+    let out = take(&regions, &img, meta(Backing::Volume)).await.unwrap();
+    assert_eq!(out.replicas.len(), 1);
+    let id = out.manifest.header.meta.id;
+    let chunk_keys: Vec<String> = out
+        .manifest
+        .chunk_ids()
+        .iter()
+        .map(|c| layout::chunk(c).to_string())
+        .collect();
+    for r in regions.iter() {
+        for kind in [StoreKind::Main, StoreKind::Volume] {
+            let held = keys(&*r.bucket(kind).store).await;
+            let home = r.name() == "it-1" && kind == StoreKind::Volume;
+            let has_manifest = held.contains(&layout::manifest(&id).to_string());
+            let has_chunk = chunk_keys.iter().any(|k| held.contains(k));
+            assert_eq!(has_manifest, home, "{} {kind:?}", r.name());
+            assert_eq!(has_chunk, home, "{} {kind:?}", r.name());
+            if !home {
+                assert!(held.is_empty(), "{} {kind:?} holds {held:?}", r.name());
+            }
+        }
+    }
+    let err = restore(
+        &regions,
+        id,
+        Backing::Volume,
+        "de-1",
+        false,
+        &dir.path().join("x"),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, Error::Residency { .. }));
+    assert!(err.to_string().contains("data residency"), "{err}");
+    let to = dir.path().join("home");
+    restore(&regions, id, Backing::Volume, "it-1", false, &to)
+        .await
+        .unwrap();
+    assert!(same(&img, &to));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_region_that_falls_far_behind_is_cut_loose_and_replicated_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut regions = regions(dir.path());
+    regions.tuning.buffer_bytes = 1 << 20;
+    regions.tuning.detach_after = Duration::from_millis(200);
+    let img = image(dir.path(), 24 << 20);
+    set(
+        &regions,
+        "nl-1",
+        FaultConfig {
+            bandwidth: 1 << 20,
+            ..Default::default()
+        },
+    );
+    let out = take(&regions, &img, meta(Backing::Image)).await.unwrap();
+    let nl = out.replicas.iter().find(|(n, _)| n == "nl-1").unwrap();
+    assert!(
+        matches!(&nl.1, ReplicaOutcome::Owed { reason } if reason.contains("fell behind")),
+        "{nl:?}"
+    );
+    set(&regions, "nl-1", FaultConfig::default());
+    let id = out.manifest.header.meta.id;
+    let r = replicate_snapshot(&regions, &id, "nl-1").await.unwrap();
+    assert!(r.manifest_written && r.copied_chunks > 0);
+    let to = dir.path().join("nl");
+    restore(&regions, id, Backing::Image, "nl-1", true, &to)
+        .await
+        .unwrap();
+    assert!(same(&img, &to));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_snapshot_uploads_only_changed_chunks() {
+    let dir = tempfile::tempdir().unwrap();
+    let regions = regions(dir.path());
+    let img = image(dir.path(), 16 << 20);
+    let first = take(&regions, &img, meta(Backing::Image)).await.unwrap();
+    let rewritten = geosnap_engine::imagegen::scatter_writes(&img, 0.01, 3).unwrap();
+    let second = take(&regions, &img, meta(Backing::Image)).await.unwrap();
+    assert!(
+        second.stats.new_chunks > 0 && second.stats.new_chunks <= rewritten,
+        "{:?}",
+        second.stats
+    );
+    // Each rewritten 4 KiB block dirties at most one 64 KiB chunk, sent to three regions.
+    let bound = rewritten * (65536 + 12) * 3;
+    assert!(
+        second.uploaded_bytes <= bound,
+        "{} > {bound}",
+        second.uploaded_bytes
+    );
+    assert!(second.uploaded_bytes < first.uploaded_bytes / 3);
+}
