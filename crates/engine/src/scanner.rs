@@ -81,14 +81,14 @@ impl Scanner {
         let base = self.taken_base.take().unwrap_or(self.next);
         let buf = Bytes::from(buf);
         self.next = base + buf.len() as u64;
-        debug_assert!(eof || self.next % ZERO_BLOCK as u64 == 0);
+        debug_assert!(eof || self.next.is_multiple_of(ZERO_BLOCK as u64));
         self.scan(buf, base, eof, out);
     }
 
     /// Feeds `len` bytes known to be zero (a hole), `len >= ZERO_RUN_MIN`.
     pub fn push_zeros(&mut self, len: u64, eof: bool, out: &mut dyn FnMut(Piece)) {
         debug_assert!(self.taken_base.is_none());
-        debug_assert!(len >= ZERO_RUN_MIN as u64 && self.next % ZERO_BLOCK as u64 == 0);
+        debug_assert!(len >= ZERO_RUN_MIN as u64 && self.next.is_multiple_of(ZERO_BLOCK as u64));
         let start = match self.open_zero {
             Some(zs) => zs,
             None => {
