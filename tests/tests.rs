@@ -1,1 +1,22 @@
+//! End-to-end tests: each runs the real `geosnap` binary in a fresh temporary data
+//! directory. One module per area; `util` holds the shared helpers.
 
+#![allow(clippy::unwrap_used)]
+
+// Helpers and assertions: what the binary does as a user drives it.
+mod util;
+
+// The life of an instance: create, snapshot twice, list, restore from every region, delete.
+mod life;
+
+// Retention instants, prune and gc, exactly as the seed guide says.
+mod retention;
+
+// The job queue: --no-wait, worker --once, a worker killed mid-job.
+mod jobs;
+
+// Bad input: one clear sentence on stderr, a non-zero exit, nothing changed.
+mod bad_input;
+
+// Regions through the command line: fail, heal, verify, residency.
+mod regions;

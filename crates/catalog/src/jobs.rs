@@ -101,17 +101,8 @@ impl Catalog {
         payload: &str,
         now: i64,
     ) -> Result<Job, Error> {
-        const OP: &str = "queueing a job";
-        self.write(OP, |tx| {
-            tx.query_row(
-                &format!(
-                    "INSERT INTO jobs (kind, snapshot_id, payload, state, attempts, created_at, updated_at)
-                     VALUES (?1, ?2, ?3, 'queued', 0, ?4, ?4) RETURNING {COLUMNS}"
-                ),
-                params![kind, snapshot.map(SnapshotId::to_hex), payload, now],
-                from_row,
-            )
-            .during(OP)
+        self.write("queueing a job", |tx| {
+            insert_job(tx, kind, snapshot, payload, now)
         })
     }
 
@@ -240,6 +231,26 @@ fn owned(conn: &rusqlite::Connection, job: i64, updated: usize) -> Result<bool, 
         Some(()) => Ok(false),
         None => Err(Error::JobNotFound { id: job }),
     }
+}
+
+/// Inserts a queued job (see [`Catalog::enqueue`]).
+pub(crate) fn insert_job(
+    tx: &rusqlite::Transaction<'_>,
+    kind: JobKind,
+    snapshot: Option<&SnapshotId>,
+    payload: &str,
+    now: i64,
+) -> Result<Job, Error> {
+    const OP: &str = "queueing a job";
+    tx.query_row(
+        &format!(
+            "INSERT INTO jobs (kind, snapshot_id, payload, state, attempts, created_at, updated_at)
+             VALUES (?1, ?2, ?3, 'queued', 0, ?4, ?4) RETURNING {COLUMNS}"
+        ),
+        params![kind, snapshot.map(SnapshotId::to_hex), payload, now],
+        from_row,
+    )
+    .during(OP)
 }
 
 #[cfg(test)]

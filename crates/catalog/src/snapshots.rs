@@ -220,57 +220,22 @@ impl Catalog {
     /// removed so the name can be retried; any other holder gives [`Error::SnapshotExists`].
     pub fn add_snapshot(&self, new: &NewSnapshot) -> Result<Snapshot, Error> {
         validate_name("snapshot", &new.name)?;
-        self.write("adding a snapshot", |tx| {
-            let (backing, home_region) = tx
-                .query_row(
-                    "SELECT backing, home_region FROM instances WHERE name = ?1",
-                    [&new.instance],
-                    |r| Ok((backing_at(r, 0)?, r.get::<_, String>(1)?)),
-                )
-                .optional()
-                .during("reading a snapshot's instance")?
-                .ok_or_else(|| Error::InstanceNotFound {
-                    name: new.instance.clone(),
-                })?;
-            if by_id(tx, &new.id)?.is_some() {
-                return Err(Error::SnapshotIdExists {
-                    id: new.id.to_hex(),
-                });
-            }
-            free_name(tx, &new.instance, &new.name, &new.id)?;
-            tx.execute(
-                "INSERT INTO snapshots
-                     (id, instance, name, backing, home_region, state, retention_days, created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                params![
-                    new.id.to_hex(),
-                    new.instance,
-                    new.name,
-                    backing_text(backing),
-                    home_region,
-                    SnapshotState::Queued,
-                    new.retention.days(),
-                    new.created_at,
-                ],
-            )
-            .during("adding a snapshot")?;
-            Ok(Snapshot {
-                id: new.id,
-                instance: new.instance.clone(),
-                name: new.name.clone(),
-                backing,
-                home_region,
-                state: SnapshotState::Queued,
-                retention: new.retention,
-                created_at: new.created_at,
-                completed_at: None,
-                expires_at: None,
-                image_size: None,
-                data_bytes: None,
-                stored_bytes: None,
-                chunk_count: None,
-                error: None,
-            })
+        self.write("adding a snapshot", |tx| insert_snapshot(tx, new))
+    }
+
+    /// Queues a snapshot and the job that takes it, in one transaction: a crash leaves
+    /// either both or neither.
+    pub fn queue_snapshot(
+        &self,
+        new: &NewSnapshot,
+        now: i64,
+    ) -> Result<(Snapshot, crate::Job), Error> {
+        validate_name("snapshot", &new.name)?;
+        self.write("queueing a snapshot", |tx| {
+            let snapshot = insert_snapshot(tx, new)?;
+            let job =
+                crate::jobs::insert_job(tx, crate::JobKind::Snapshot, Some(&new.id), "", now)?;
+            Ok((snapshot, job))
         })
     }
 
@@ -500,6 +465,60 @@ impl Catalog {
             Ok(())
         })
     }
+}
+
+/// Inserts a queued snapshot (see [`Catalog::add_snapshot`]).
+fn insert_snapshot(tx: &rusqlite::Transaction<'_>, new: &NewSnapshot) -> Result<Snapshot, Error> {
+    let (backing, home_region) = tx
+        .query_row(
+            "SELECT backing, home_region FROM instances WHERE name = ?1",
+            [&new.instance],
+            |r| Ok((backing_at(r, 0)?, r.get::<_, String>(1)?)),
+        )
+        .optional()
+        .during("reading a snapshot's instance")?
+        .ok_or_else(|| Error::InstanceNotFound {
+            name: new.instance.clone(),
+        })?;
+    if by_id(tx, &new.id)?.is_some() {
+        return Err(Error::SnapshotIdExists {
+            id: new.id.to_hex(),
+        });
+    }
+    free_name(tx, &new.instance, &new.name, &new.id)?;
+    tx.execute(
+        "INSERT INTO snapshots
+                 (id, instance, name, backing, home_region, state, retention_days, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        params![
+            new.id.to_hex(),
+            new.instance,
+            new.name,
+            backing_text(backing),
+            home_region,
+            SnapshotState::Queued,
+            new.retention.days(),
+            new.created_at,
+        ],
+    )
+    .during("adding a snapshot")?;
+    Ok(Snapshot {
+        id: new.id,
+        instance: new.instance.clone(),
+        name: new.name.clone(),
+        backing,
+        home_region,
+        state: SnapshotState::Queued,
+        retention: new.retention,
+        created_at: new.created_at,
+        completed_at: None,
+        expires_at: None,
+        image_size: None,
+        data_bytes: None,
+        stored_bytes: None,
+        chunk_count: None,
+        error: None,
+    })
 }
 
 #[cfg(test)]

@@ -43,6 +43,7 @@ mod progress;
 
 pub mod chunker;
 pub mod codec;
+pub mod failpoint;
 pub mod image;
 pub mod imagegen;
 pub mod manifest;

@@ -146,6 +146,7 @@ pub fn restore_image(
         return Err(e);
     }
     tmp.as_file().sync_all().map_err(write_err)?;
+    crate::failpoint::hit("restore-before-rename");
     if opts.overwrite {
         tmp.persist(target).map_err(|e| write_err(e.error))?;
     } else {

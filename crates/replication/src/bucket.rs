@@ -60,9 +60,14 @@ impl Bucket {
     /// Maps a store error to ours, naming this bucket.
     pub fn err(&self, e: object_store::Error) -> Error {
         if is_transient(&e) {
+            // object_store wraps the cause as "Generic <store> error: <cause>"; keep the cause.
+            let reason = match &e {
+                object_store::Error::Generic { source, .. } => source.to_string(),
+                other => other.to_string(),
+            };
             Error::RegionUnavailable {
                 region: self.to_string(),
-                reason: e.to_string(),
+                reason,
             }
         } else {
             Error::Store {

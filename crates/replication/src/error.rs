@@ -7,7 +7,7 @@ use geosnap_engine::{ChunkId, SnapshotId};
 #[non_exhaustive]
 pub enum Error {
     /// The region is down or unreachable (after retries).
-    #[error("region {region} is unavailable: {reason}")]
+    #[error("region {region} is unavailable ({reason})")]
     RegionUnavailable {
         /// Region name.
         region: String,

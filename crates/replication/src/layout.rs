@@ -6,6 +6,7 @@
 //! snapshots/<snapshot id>/manifest    one manifest (see geosnap_engine::manifest)
 //! inflight/<snapshot id>              a snapshot being written: protects its chunks from gc
 //! tombstones/<snapshot id>            a deleted snapshot: repair must not bring it back
+//! gc/running                          a gc sweep is under way: new snapshots wait for it
 //! ```
 //! Keys are built only from ids (hex), never from user-typed names.
 
@@ -59,6 +60,11 @@ pub fn parse_tombstone(key: &Path) -> Option<SnapshotId> {
         [s, id] if s.as_ref() == "tombstones" => id.as_ref().parse().ok(),
         _ => None,
     }
+}
+
+/// Key of the marker a running gc holds.
+pub fn gc_running() -> Path {
+    Path::from("gc/running")
 }
 
 /// The chunk id a key names, if it is a well-formed chunk key.

@@ -17,6 +17,7 @@
 mod error;
 
 pub mod bucket;
+pub mod gc;
 pub mod layout;
 pub mod reader;
 pub mod region;

@@ -93,6 +93,9 @@ pub async fn replicate_snapshot(
     while let Some(r) = copies.next().await {
         report.copied_bytes += r?;
         report.copied_chunks += 1;
+        if report.copied_chunks == 2 {
+            geosnap_engine::failpoint::hit("replicate-some-chunks");
+        }
     }
     drop(copies);
     target.sync().await?;

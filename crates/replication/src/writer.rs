@@ -78,10 +78,10 @@ pub async fn write_snapshot(
     // What each store holds, and an in-flight marker so gc spares what we add.
     let prepared = futures::future::join_all(buckets.into_iter().map(|b| async move {
         let ready = async {
-            let held = b.chunk_ids().await?;
             b.put(&layout::inflight(&id), Bytes::from(now().to_string()))
                 .await?;
-            Ok::<_, Error>(held)
+            crate::gc::wait_for_gc(&b).await?;
+            b.chunk_ids().await
         }
         .await;
         Target::new(b, ready, &tuning)
@@ -161,6 +161,7 @@ pub async fn write_snapshot(
         return Err(e);
     }
 
+    geosnap_engine::failpoint::hit("snapshot-before-manifest");
     let mut meta = req.meta.clone();
     meta.completed_at = now();
     let manifest = Manifest::new(
@@ -222,7 +223,7 @@ fn check_quorum(targets: &[Arc<Target>], quorum: usize) -> Result<()> {
     let reasons = targets
         .iter()
         .filter(|t| !t.active())
-        .map(|t| format!("{}: {}", t.bucket, t.reason()))
+        .map(|t| t.labelled_reason())
         .collect::<Vec<_>>()
         .join("; ");
     Err(Error::QuorumNotMet {
@@ -323,6 +324,17 @@ impl Target {
         self.reason.lock().map(|r| r.clone()).unwrap_or_default()
     }
 
+    /// The reason, prefixed with the store unless it already names it.
+    fn labelled_reason(&self) -> String {
+        let reason = self.reason();
+        let store = self.bucket.to_string();
+        if reason.contains(&store) {
+            reason
+        } else {
+            format!("{store}: {reason}")
+        }
+    }
+
     fn close(&self) {
         if let Ok(mut tx) = self.tx.lock() {
             tx.take();
@@ -355,7 +367,9 @@ async fn upload(t: Arc<Target>, mut rx: mpsc::UnboundedReceiver<Upload>, concurr
                 let n = u.object.len() as u64;
                 match t.bucket.put(&layout::chunk(&u.id), u.object).await {
                     Ok(()) => {
-                        t.uploaded_bytes.fetch_add(n, Ordering::Relaxed);
+                        if t.uploaded_bytes.fetch_add(n, Ordering::Relaxed) > 1 << 20 {
+                            geosnap_engine::failpoint::hit("snapshot-some-chunks");
+                        }
                     }
                     Err(e) => t.fail(e.to_string()),
                 }
@@ -464,7 +478,7 @@ impl ChunkSink for Sink {
                 .targets
                 .iter()
                 .filter(|t| !t.active())
-                .map(|t| format!("{}: {}", t.bucket, t.reason()))
+                .map(|t| t.labelled_reason())
                 .collect::<Vec<_>>()
                 .join("; ");
             return Err(geosnap_engine::Error::store(Error::QuorumNotMet {

@@ -1,0 +1,197 @@
+//! The data directory: its layout, the configuration file and the simulator state file.
+//!
+//! ```text
+//! DIR/config.toml      regions (name, country, store URLs), write quorum, chunker, zstd level
+//! DIR/catalog.db       the SQLite catalog
+//! DIR/simulator.json   each region's simulated condition (geosnap region fail/heal)
+//! DIR/regions/<name>/  default main store of a region (file://)
+//! DIR/volumes/<name>/  default volume store of a region (file://)
+//! ```
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use geosnap_engine::chunker::ChunkerParams;
+use geosnap_engine::codec::DEFAULT_LEVEL;
+use geosnap_replication::RegionSpec;
+use geosnap_replication::simulator::FaultConfig;
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, Result};
+
+/// Configuration file name.
+pub const CONFIG_FILE: &str = "config.toml";
+/// Catalog file name.
+pub const CATALOG_FILE: &str = "catalog.db";
+/// Simulator state file name.
+pub const SIMULATOR_FILE: &str = "simulator.json";
+
+/// The default regions: name and country.
+pub const DEFAULT_REGIONS: [(&str, &str); 3] = [
+    ("it-1", "Italy"),
+    ("de-1", "Germany"),
+    ("nl-1", "Netherlands"),
+];
+
+/// What `config.toml` holds.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Regions that must hold every chunk and the manifest before an image-backed
+    /// snapshot counts as taken.
+    pub quorum: usize,
+    /// Chunker for new snapshots (`fixed:256K`, `cdc:64K:256K:1M`, ...).
+    pub chunker: String,
+    /// zstd level for new chunks.
+    pub zstd_level: i32,
+    /// Seconds after which a running job whose worker stopped heartbeating is taken over.
+    #[serde(default = "default_stale_after")]
+    pub stale_after_secs: i64,
+    /// The regions, home region of new instances first.
+    #[serde(rename = "region")]
+    pub regions: Vec<RegionSpec>,
+}
+
+fn default_stale_after() -> i64 {
+    30
+}
+
+fn file_url(p: &Path) -> String {
+    format!("file://{}", p.display())
+}
+
+impl Config {
+    /// Three local-directory regions under `dir`.
+    pub fn default_for(dir: &Path) -> Config {
+        Config {
+            quorum: 2,
+            chunker: ChunkerParams::default().to_string(),
+            zstd_level: DEFAULT_LEVEL,
+            stale_after_secs: default_stale_after(),
+            regions: DEFAULT_REGIONS
+                .iter()
+                .map(|(name, country)| RegionSpec {
+                    name: name.to_string(),
+                    country: country.to_string(),
+                    url: file_url(&dir.join("regions").join(name)),
+                    volume_url: file_url(&dir.join("volumes").join(name)),
+                    options: BTreeMap::new(),
+                })
+                .collect(),
+        }
+    }
+
+    /// Reads `DIR/config.toml`.
+    pub fn load(dir: &Path) -> Result<Config> {
+        let path = dir.join(CONFIG_FILE);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Error::NotInitialised {
+                    dir: dir.to_path_buf(),
+                });
+            }
+            Err(e) => return Err(Error::io(format!("cannot read {}", path.display()), e)),
+        };
+        let config: Config = toml::from_str(&text).map_err(|e| Error::Config {
+            path: path.clone(),
+            reason: e.message().to_string(),
+        })?;
+        config.check(&path)?;
+        Ok(config)
+    }
+
+    fn check(&self, path: &Path) -> Result<()> {
+        let bad = |reason: String| Error::Config {
+            path: path.to_path_buf(),
+            reason,
+        };
+        self.chunker_params().map_err(|e| bad(e.to_string()))?;
+        if !zstd_range().contains(&self.zstd_level) {
+            return Err(bad(format!(
+                "zstd_level {} is out of range",
+                self.zstd_level
+            )));
+        }
+        for r in &self.regions {
+            geosnap_catalog::names::validate_region(&r.name).map_err(|e| bad(e.to_string()))?;
+        }
+        let mut names: Vec<_> = self.regions.iter().map(|r| &r.name).collect();
+        names.sort();
+        names.dedup();
+        if names.len() != self.regions.len() {
+            return Err(bad("two regions share a name".into()));
+        }
+        if self.quorum == 0 || self.quorum > self.regions.len() {
+            return Err(bad(format!(
+                "quorum {} is impossible with {} regions",
+                self.quorum,
+                self.regions.len()
+            )));
+        }
+        if self.stale_after_secs <= 0 {
+            return Err(bad("stale_after_secs must be positive".into()));
+        }
+        Ok(())
+    }
+
+    /// Writes `DIR/config.toml` atomically.
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        let text = toml::to_string_pretty(self).map_err(|e| Error::Config {
+            path: dir.join(CONFIG_FILE),
+            reason: e.to_string(),
+        })?;
+        let header = "# geosnap configuration: regions, write quorum and snapshot defaults.\n\
+                      # Region URLs: file:///path, memory:// or an object_store URL (s3://...).\n\n";
+        write_atomic(&dir.join(CONFIG_FILE), format!("{header}{text}").as_bytes())
+    }
+
+    /// The chunker for new snapshots.
+    pub fn chunker_params(&self) -> Result<ChunkerParams> {
+        Ok(self.chunker.parse()?)
+    }
+}
+
+fn zstd_range() -> std::ops::RangeInclusive<i32> {
+    -7..=22
+}
+
+/// Each region's simulated condition, persisted so that `geosnap region fail` lasts across
+/// commands.
+pub fn load_simulator(dir: &Path) -> Result<BTreeMap<String, FaultConfig>> {
+    let path = dir.join(SIMULATOR_FILE);
+    match std::fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| Error::Config {
+            path,
+            reason: e.to_string(),
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
+        Err(e) => Err(Error::io(format!("cannot read {}", path.display()), e)),
+    }
+}
+
+/// Saves the simulator state.
+pub fn save_simulator(dir: &Path, state: &BTreeMap<String, FaultConfig>) -> Result<()> {
+    let bytes = serde_json::to_vec_pretty(state).map_err(|e| Error::Config {
+        path: dir.join(SIMULATOR_FILE),
+        reason: e.to_string(),
+    })?;
+    write_atomic(&dir.join(SIMULATOR_FILE), &bytes)
+}
+
+/// Writes `path` through a temporary file in the same directory, fsyncs, renames, and
+/// fsyncs the directory: readers see the old file or the new one, never half of one.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
+    let what = || format!("cannot write {}", path.display());
+    let mut tmp = tempfile::NamedTempFile::new_in(&dir).map_err(|e| Error::io(what(), e))?;
+    tmp.write_all(bytes).map_err(|e| Error::io(what(), e))?;
+    tmp.as_file().sync_all().map_err(|e| Error::io(what(), e))?;
+    tmp.persist(path).map_err(|e| Error::io(what(), e.error))?;
+    geosnap_engine::restore::sync_dir(&dir).map_err(|e| Error::io(what(), e))?;
+    Ok(())
+}

@@ -1,0 +1,75 @@
+//! The operations layer's error type: the lower crates' errors, plus the ones only a
+//! whole command can meet.
+
+use std::io;
+use std::path::PathBuf;
+
+/// Everything a geosnap command can fail with.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The data directory has no configuration.
+    #[error("{dir} is not a geosnap data directory; run `geosnap init` first")]
+    NotInitialised {
+        /// Data directory.
+        dir: PathBuf,
+    },
+    /// `init` on a directory that already holds geosnap data.
+    #[error("{dir} is already initialised")]
+    AlreadyInitialised {
+        /// Data directory.
+        dir: PathBuf,
+    },
+    /// The configuration file cannot be used.
+    #[error("configuration {path}: {reason}")]
+    Config {
+        /// File.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A local file operation failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The snapshot is not in a state that allows this.
+    #[error("snapshot {label} is {state}; only available or degraded snapshots can be {verb}")]
+    NotRestorable {
+        /// "instance/name (id)".
+        label: String,
+        /// Its state.
+        state: String,
+        /// What was asked.
+        verb: &'static str,
+    },
+    /// A job ended in failure.
+    #[error("{0}")]
+    JobFailed(String),
+    /// Catalog failure.
+    #[error(transparent)]
+    Catalog(#[from] geosnap_catalog::Error),
+    /// Region failure.
+    #[error(transparent)]
+    Replication(#[from] geosnap_replication::Error),
+    /// Engine failure.
+    #[error(transparent)]
+    Engine(#[from] geosnap_engine::Error),
+}
+
+impl Error {
+    /// Wraps an I/O error with what was being done.
+    pub fn io(what: impl Into<String>, source: io::Error) -> Error {
+        Error::Io {
+            what: what.into(),
+            source,
+        }
+    }
+}
+
+/// Results of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,116 @@
+use geosnap_engine::imagegen::{Profile, scatter_writes};
+
+use crate::util::{Env, allocated, same};
+
+#[test]
+fn the_life_of_an_instance() {
+    let env = Env::new();
+    let img = env.image("web.img", 48 << 20, Profile::Sparse, 1);
+    let created = env.json(&[
+        "instance",
+        "create",
+        "web-1",
+        "--image",
+        img.to_str().unwrap(),
+    ]);
+    assert_eq!(created["home_region"], "it-1");
+    assert_eq!(created["backing"], "image");
+
+    let first = env.json(&["snapshot", "take", "web-1", "--name", "first"]);
+    assert_eq!(first["state"], "available");
+    assert_eq!(first["replicas"].as_array().unwrap().len(), 3);
+    let first_stored = first["stored_bytes"].as_u64().unwrap();
+    assert!(first_stored > 0 && first_stored < 48 << 20);
+
+    // A second snapshot after scattered writes stores a fraction of the first.
+    let copy = env.path("first-copy.img");
+    std::fs::copy(&img, &copy).unwrap();
+    let blocks = scatter_writes(&img, 0.01, 2).unwrap();
+    let second = env.json(&["snapshot", "take", "web-1", "--name", "second"]);
+    let second_stored = second["stored_bytes"].as_u64().unwrap();
+    assert!(second_stored > 0);
+    assert!(
+        second_stored <= blocks * (256 << 10),
+        "{second_stored} for {blocks} blocks"
+    );
+
+    let list = env.json(&["snapshot", "list"]);
+    let names: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["first", "second"]);
+    for s in list.as_array().unwrap() {
+        assert_eq!(s["instance"], "web-1");
+        assert_eq!(s["state"], "available");
+        assert_eq!(s["image_size"], 48 << 20);
+        assert!(s["completed_at"].as_i64().unwrap() >= s["created_at"].as_i64().unwrap());
+        assert!(s["expires_at"].is_null());
+        for r in s["replicas"].as_array().unwrap() {
+            assert_eq!(r["state"], "written");
+        }
+    }
+
+    for region in ["it-1", "de-1", "nl-1"] {
+        let out = env.path(&format!("first-{region}.img"));
+        let r = env.json(&[
+            "restore",
+            "web-1/first",
+            "--to",
+            out.to_str().unwrap(),
+            "--region",
+            region,
+            "--strict-region",
+        ]);
+        assert_eq!(r["region"], region);
+        assert!(same(&out, &copy), "first from {region} differs");
+        assert!(allocated(&out) <= allocated(&copy) + (1 << 20));
+        let out = env.path(&format!("second-{region}.img"));
+        env.ok(&[
+            "restore",
+            "second",
+            "--to",
+            out.to_str().unwrap(),
+            "--region",
+            region,
+        ]);
+        assert!(same(&out, &img), "second from {region} differs");
+    }
+
+    // Deleting an instance with snapshots needs --with-snapshots.
+    let err = env.error(&["instance", "delete", "web-1"]);
+    assert!(err.contains("still has 2 snapshot(s)"), "{err}");
+    env.ok(&["instance", "delete", "web-1", "--with-snapshots"]);
+    assert_eq!(env.json(&["instance", "list"]), serde_json::json!([]));
+    assert!(env.stored_files("/snapshots/").is_empty());
+}
+
+#[test]
+fn human_output_names_what_matters() {
+    let env = Env::new();
+    let img = env.image("a.img", 4 << 20, Profile::Mixed, 3);
+    env.ok(&["instance", "create", "db", "--image", img.to_str().unwrap()]);
+    let out = env.ok(&[
+        "snapshot",
+        "take",
+        "db",
+        "--name",
+        "n1",
+        "--retention-days",
+        "1",
+    ]);
+    assert!(out.contains("db/n1") && out.contains("available"), "{out}");
+    assert!(out.contains("it-1:written"), "{out}");
+    let list = env.ok(&["snapshot", "list"]);
+    assert!(list.starts_with("ID"), "{list}");
+    assert!(list.contains("n1") && list.contains("available"), "{list}");
+    let regions = env.ok(&["region", "list"]);
+    assert!(
+        regions.contains("Italy") && regions.contains("healthy"),
+        "{regions}"
+    );
+    // --quiet prints nothing on success.
+    assert_eq!(env.ok(&["--quiet", "snapshot", "list"]), "");
+}

@@ -1,0 +1,161 @@
+use geosnap_engine::imagegen::Profile;
+
+use crate::util::{Env, same};
+
+#[test]
+fn an_outage_degrades_then_heal_and_worker_make_it_available() {
+    let env = Env::new();
+    let img = env.image("a.img", 8 << 20, Profile::Mixed, 2);
+    env.ok(&["instance", "create", "vm", "--image", img.to_str().unwrap()]);
+    env.ok(&["region", "fail", "de-1", "--mode", "down"]);
+    let regions = env.json(&["region", "list"]);
+    assert_eq!(regions[1]["simulated"]["down"], true);
+    let s = env.json(&["snapshot", "take", "vm", "--name", "s"]);
+    assert_eq!(s["state"], "degraded");
+    let de = s["replicas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["region"] == "de-1")
+        .unwrap()
+        .clone();
+    assert_ne!(de["state"], "written");
+    assert!(env.store_files("regions/de-1").is_empty());
+
+    let err = env.error(&[
+        "restore",
+        "s",
+        "--to",
+        env.path("x").to_str().unwrap(),
+        "--region",
+        "de-1",
+    ]);
+    assert!(err.contains("de-1") && err.contains("unavailable"), "{err}");
+
+    let healed = env.json(&["region", "heal", "de-1"]);
+    assert_eq!(healed["replication_jobs_queued"], 1);
+    env.ok(&["worker", "--once"]);
+    assert_eq!(env.snapshot("s")["state"], "available");
+    let out = env.path("de.img");
+    env.ok(&[
+        "restore",
+        "s",
+        "--to",
+        out.to_str().unwrap(),
+        "--region",
+        "de-1",
+        "--strict-region",
+    ]);
+    assert!(same(&out, &img));
+}
+
+#[test]
+fn two_regions_down_fail_the_snapshot_and_leave_nothing_listed() {
+    let env = Env::new();
+    let img = env.image("a.img", 4 << 20, Profile::Mixed, 2);
+    env.ok(&["instance", "create", "vm", "--image", img.to_str().unwrap()]);
+    env.ok(&["region", "fail", "de-1", "--mode", "down"]);
+    env.ok(&["region", "fail", "nl-1", "--mode", "down"]);
+    let err = env.error(&["snapshot", "take", "vm", "--name", "s"]);
+    assert!(err.contains("only 1 of 2"), "{err}");
+    assert_eq!(env.snapshot("s")["state"], "failed");
+    assert!(env.stored_files("/manifest").is_empty());
+    // The name can be used again once the regions are back.
+    env.ok(&["region", "heal", "de-1"]);
+    env.ok(&["region", "heal", "nl-1"]);
+    let s = env.json(&["snapshot", "take", "vm", "--name", "s"]);
+    assert_eq!(s["state"], "available");
+}
+
+#[test]
+fn corrupt_chunks_are_found_by_verify_and_repaired() {
+    let env = Env::new();
+    let img = env.image("a.img", 8 << 20, Profile::Text, 2);
+    env.ok(&["instance", "create", "vm", "--image", img.to_str().unwrap()]);
+    env.ok(&["snapshot", "take", "vm", "--name", "s"]);
+    let chunks = env.store_files("regions/nl-1/chunks");
+    let victim = &chunks[chunks.len() / 2];
+    let mut bytes = std::fs::read(victim).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x20;
+    std::fs::write(victim, &bytes).unwrap();
+    let name = victim.file_name().unwrap().to_str().unwrap().to_string();
+
+    let err = env.fails(&["verify", "--region", "nl-1"], 1);
+    assert!(err.contains("damage"), "{err}");
+    let report = env.json(&["verify", "--region", "de-1"]);
+    assert_eq!(report[0]["main"]["corrupt_chunks"], serde_json::json!([]));
+    let out = env.path("strict.img");
+    let err = env.error(&[
+        "restore",
+        "s",
+        "--to",
+        out.to_str().unwrap(),
+        "--region",
+        "nl-1",
+        "--strict-region",
+    ]);
+    assert!(err.contains(&name), "{err}");
+    assert!(!out.exists());
+
+    let r = env.json(&[
+        "restore",
+        "s",
+        "--to",
+        out.to_str().unwrap(),
+        "--region",
+        "nl-1",
+    ]);
+    assert_eq!(r["repaired_chunks"], serde_json::json!([name]));
+    assert!(same(&out, &img));
+    let report = env.json(&["verify", "--region", "nl-1"]);
+    assert_eq!(report[0]["main"]["corrupt_chunks"], serde_json::json!([]));
+}
+
+#[test]
+fn volume_backed_snapshots_stay_home() {
+    let env = Env::new();
+    let img = env.image("a.img", 4 << 20, Profile::Mixed, 2);
+    env.ok(&[
+        "instance",
+        "create",
+        "vol",
+        "--image",
+        img.to_str().unwrap(),
+        "--region",
+        "de-1",
+        "--volume-backed",
+    ]);
+    let s = env.json(&["snapshot", "take", "vol", "--name", "s"]);
+    assert_eq!(s["state"], "available");
+    assert_eq!(s["replicas"].as_array().unwrap().len(), 1);
+    for store in [
+        "regions/it-1",
+        "regions/de-1",
+        "regions/nl-1",
+        "volumes/it-1",
+        "volumes/nl-1",
+    ] {
+        assert!(
+            env.store_files(store).is_empty(),
+            "{store} holds {:?}",
+            env.store_files(store)
+        );
+    }
+    assert!(!env.store_files("volumes/de-1").is_empty());
+    let out = env.path("x.img");
+    let err = env.error(&[
+        "restore",
+        "s",
+        "--to",
+        out.to_str().unwrap(),
+        "--region",
+        "it-1",
+    ]);
+    assert!(
+        err.contains("data residency") && err.contains("de-1"),
+        "{err}"
+    );
+    env.ok(&["restore", "s", "--to", out.to_str().unwrap()]);
+    assert!(same(&out, &img));
+}
