@@ -32,6 +32,29 @@ fn zero(c: &mut Criterion) {
     g.finish();
 }
 
+fn read(c: &mut Criterion) {
+    // Page-cache-warm reads of a dense image in 8 MiB windows, as the scanner does them.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("random.img");
+    generate(&path, 256 << 20, Profile::Random, 1).expect("generate");
+    let image = Image::open(&path).expect("open");
+    let mut g = c.benchmark_group("read");
+    g.throughput(Throughput::Bytes(image.size()));
+    let mut buf = Vec::with_capacity(8 << 20);
+    g.bench_function("image/8MiB-windows", |b| {
+        b.iter(|| {
+            let mut pos = 0;
+            while pos < image.size() {
+                buf.clear();
+                image.read_into(pos, 8 << 20, &mut buf).expect("read");
+                pos += 8 << 20;
+            }
+            black_box(&buf);
+        })
+    });
+    g.finish();
+}
+
 fn sha256(c: &mut Criterion) {
     let data = sample(Profile::Random, 4 << 20);
     let mut g = c.benchmark_group("sha256");
@@ -123,5 +146,5 @@ fn pipeline(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, zero, sha256, zstd, chunkers, pipeline);
+criterion_group!(benches, zero, read, sha256, zstd, chunkers, pipeline);
 criterion_main!(benches);

@@ -79,6 +79,29 @@ pub enum Command {
     /// Regions: list them, make one fail (simulated), heal it.
     #[command(subcommand)]
     Region(RegionCmd),
+    /// Tell geosnap's story in under a minute, offline, with figures measured as it runs.
+    Demo {
+        /// Size of the sample disk.
+        #[arg(long, default_value = "384M", value_name = "SIZE")]
+        size: String,
+    },
+    /// Write a seeded test image (for benchmarks and trials).
+    GenImage {
+        /// File to write (replaced).
+        path: PathBuf,
+        /// Size, e.g. 1G.
+        #[arg(long, default_value = "1G")]
+        size: String,
+        /// mixed | random | text | zeros | sparse
+        #[arg(long, default_value = "mixed")]
+        profile: String,
+        /// Seed of the generator.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Instead of writing a new image, rewrite this fraction of PATH's 4 KiB data blocks in place.
+        #[arg(long, value_name = "FRACTION")]
+        rewrite: Option<f64>,
+    },
     /// Print a shell completion script.
     Completions {
         /// Shell.

@@ -96,6 +96,19 @@ fn run(cli: Cli) -> Result<ExitCode> {
         clap_complete::generate(shell, &mut Cli::command(), "geosnap", &mut io::stdout());
         return Ok(ExitCode::SUCCESS);
     }
+    if let Command::GenImage {
+        path,
+        size,
+        profile,
+        seed,
+        rewrite,
+    } = &cli.command
+    {
+        return gen_image(path, size, profile, *seed, *rewrite, &out);
+    }
+    if let Command::Demo { size } = &cli.command {
+        return demo(&cli, size, &out, &ui);
+    }
     let dir = data_dir(&cli)?;
     if let Command::Init = cli.command {
         let r = Geosnap::init(&dir)?;
@@ -117,7 +130,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
     let rt = runtime()?;
     let g = Geosnap::open(&dir, rt.handle().clone())?;
     match cli.command {
-        Command::Init | Command::Completions { .. } => unreachable!("handled above"),
+        Command::Init
+        | Command::Completions { .. }
+        | Command::Demo { .. }
+        | Command::GenImage { .. } => {
+            unreachable!("handled above")
+        }
         Command::Instance(cmd) => instance(&g, cmd, &out),
         Command::Snapshot(cmd) => snapshot(&g, cmd, &out, &ui),
         Command::Restore(a) => {
@@ -364,6 +382,91 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Region(cmd) => region(&g, cmd, &out),
     }
+}
+
+fn gen_image(
+    path: &std::path::Path,
+    size: &str,
+    profile: &str,
+    seed: u64,
+    rewrite: Option<f64>,
+    out: &Out,
+) -> Result<ExitCode> {
+    use geosnap_engine::imagegen;
+    if let Some(fraction) = rewrite {
+        if !(0.0..=1.0).contains(&fraction) {
+            return Err(anyhow!(
+                "--rewrite {fraction} is not a fraction from 0 to 1"
+            ));
+        }
+        let n = imagegen::scatter_writes(path, fraction, seed)
+            .with_context(|| format!("cannot rewrite {}", path.display()))?;
+        let value = serde_json::json!({ "path": path, "rewritten_blocks": n });
+        out.show(&value, || {
+            format!("rewrote {n} 4 KiB blocks of {}\n", path.display())
+        })?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let bytes = geosnap_engine::chunker::parse_size(size)
+        .ok_or_else(|| anyhow!("--size {size:?} is not a size"))?;
+    let profile: imagegen::Profile = profile.parse().map_err(|e: String| anyhow!(e))?;
+    imagegen::generate(path, bytes, profile, seed)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    let value = serde_json::json!({ "path": path, "size": bytes });
+    out.show(&value, || {
+        format!("wrote {} ({})\n", path.display(), size_str(bytes))
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn size_str(n: u64) -> String {
+    size(n)
+}
+
+fn demo(cli: &Cli, size: &str, out: &Out, ui: &Terminal) -> Result<ExitCode> {
+    let disk_size = geosnap_engine::chunker::parse_size(size)
+        .filter(|n| *n >= 16 << 20)
+        .ok_or_else(|| anyhow!("--size {size:?} is not a size of at least 16M"))?;
+    let dir = match &cli.data_dir {
+        Some(d) => {
+            if d.exists() && d.read_dir().map(|mut r| r.next().is_some()).unwrap_or(true) {
+                return Err(anyhow!(
+                    "{} is not empty; the demo needs a fresh data directory",
+                    d.display()
+                ));
+            }
+            d.clone()
+        }
+        None => tempfile::Builder::new()
+            .prefix("geosnap-demo-")
+            .tempdir()
+            .context("cannot create a temporary directory")?
+            .keep(),
+    };
+    let rt = runtime()?;
+    let t = Instant::now();
+    let opts = geosnap_ops::demo::DemoOptions {
+        dir: dir.clone(),
+        disk_size,
+    };
+    let report = geosnap_ops::demo::run(&opts, rt.handle().clone(), ui);
+    let report = match report {
+        Ok(r) => r,
+        Err(e) => {
+            return Err(anyhow!(e).context(format!("demo stopped (data in {})", dir.display())));
+        }
+    };
+    out.show(&report, || {
+        format!(
+            "\nevery check held in {}. The demo's data is in {}; explore it with\n  \
+             export GEOSNAP_DIR={}\n  geosnap snapshot list\n  geosnap region list\n  \
+             geosnap restore web-1/second --to /tmp/web-1.img --region de-1\n",
+            duration(t.elapsed().as_secs_f64()),
+            dir.display(),
+            dir.display()
+        )
+    })?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn instance(g: &Geosnap, cmd: InstanceCmd, out: &Out) -> Result<ExitCode> {

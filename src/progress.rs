@@ -67,3 +67,17 @@ impl Ui for Terminal {
         }
     }
 }
+
+impl geosnap_ops::demo::Story for Terminal {
+    fn step(&self, n: usize, title: &str) {
+        if self.notes {
+            println!("\n[{n}/8] {title}");
+        }
+    }
+
+    fn line(&self, text: &str) {
+        if self.notes {
+            println!("      {text}");
+        }
+    }
+}

@@ -20,3 +20,6 @@ mod bad_input;
 
 // Regions through the command line: fail, heal, verify, residency.
 mod regions;
+
+// The offline demo: every step's figures present and consistent.
+mod demo;

@@ -46,6 +46,31 @@ pub struct Scanner {
     next: u64,
     /// Offset of the first byte of a buffer handed out by `take_buffer`.
     taken_base: Option<u64>,
+    /// Window buffers come back here once every chunk cut from them is dropped, so a scan
+    /// reuses a few warm buffers instead of faulting in fresh pages for every window.
+    pool: (
+        crossbeam_channel::Sender<Vec<u8>>,
+        crossbeam_channel::Receiver<Vec<u8>>,
+    ),
+}
+
+/// A window's bytes; returns its buffer to the scanner's pool when the last chunk that
+/// refers to it is dropped.
+struct Pooled {
+    buf: Vec<u8>,
+    home: crossbeam_channel::Sender<Vec<u8>>,
+}
+
+impl AsRef<[u8]> for Pooled {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf
+    }
+}
+
+impl Drop for Pooled {
+    fn drop(&mut self) {
+        let _ = self.home.try_send(std::mem::take(&mut self.buf));
+    }
 }
 
 impl Scanner {
@@ -57,6 +82,7 @@ impl Scanner {
             open_zero: None,
             next: 0,
             taken_base: None,
+            pool: crossbeam_channel::bounded(8),
         }
     }
 
@@ -68,7 +94,9 @@ impl Scanner {
     /// A buffer that already holds the carried-over bytes, with room for `room` more; append
     /// the next window's bytes to it and pass it to [`Scanner::push`].
     pub fn take_buffer(&mut self, room: usize) -> Vec<u8> {
-        let mut v = Vec::with_capacity(self.carry.len() + room);
+        let mut v = self.pool.1.try_recv().unwrap_or_default();
+        v.clear();
+        v.reserve(self.carry.len() + room);
         v.extend_from_slice(&self.carry);
         self.taken_base = Some(self.next - self.carry.len() as u64);
         self.carry = Bytes::new();
@@ -79,7 +107,10 @@ impl Scanner {
     /// `eof` marks the image's last window.
     pub fn push(&mut self, buf: Vec<u8>, eof: bool, out: &mut dyn FnMut(Piece)) {
         let base = self.taken_base.take().unwrap_or(self.next);
-        let buf = Bytes::from(buf);
+        let buf = Bytes::from_owner(Pooled {
+            buf,
+            home: self.pool.0.clone(),
+        });
         self.next = base + buf.len() as u64;
         debug_assert!(eof || self.next.is_multiple_of(ZERO_BLOCK as u64));
         self.scan(buf, base, eof, out);

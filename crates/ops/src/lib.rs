@@ -14,6 +14,7 @@
 mod error;
 
 pub mod config;
+pub mod demo;
 pub mod instances;
 pub mod jobs;
 pub mod maintenance;

@@ -141,7 +141,7 @@ pub struct Tuning {
 impl Default for Tuning {
     fn default() -> Self {
         Tuning {
-            upload_concurrency: 16,
+            upload_concurrency: 32,
             buffer_bytes: 64 << 20,
             detach_after: std::time::Duration::from_secs(2),
         }
