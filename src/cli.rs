@@ -79,6 +79,9 @@ pub enum Command {
     /// Regions: list them, make one fail (simulated), heal it.
     #[command(subcommand)]
     Region(RegionCmd),
+    /// The catalog: rebuild it from what a region holds (disaster recovery).
+    #[command(subcommand)]
+    Catalog(CatalogCmd),
     /// Tell geosnap's story in under a minute, offline, with figures measured as it runs.
     Demo {
         /// Size of the sample disk.
@@ -219,5 +222,16 @@ pub enum RegionCmd {
     Heal {
         /// Region.
         region: String,
+    },
+}
+
+/// `geosnap catalog ...`
+#[derive(Debug, Subcommand)]
+pub enum CatalogCmd {
+    /// Record every snapshot whose manifest region R holds (after losing the data dir).
+    Rebuild {
+        /// Region to read the manifests from.
+        #[arg(long)]
+        from: String,
     },
 }

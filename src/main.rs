@@ -19,7 +19,7 @@ use geosnap_ops::restore::RestoreOptions;
 use geosnap_replication::gc::GcOptions;
 use geosnap_replication::simulator::FaultMode;
 
-use cli::{Cli, Command, InstanceCmd, RegionCmd, SnapshotCmd};
+use cli::{CatalogCmd, Cli, Command, InstanceCmd, RegionCmd, SnapshotCmd};
 use output::{Out, duration, rate, size, table, time};
 use progress::Terminal;
 
@@ -381,6 +381,24 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Region(cmd) => region(&g, cmd, &out),
+        Command::Catalog(CatalogCmd::Rebuild { from }) => {
+            let r = g.rebuild_catalog(&from)?;
+            out.show(&r, || {
+                let mut s = format!(
+                    "rebuilt the catalog from {}: {} snapshot(s) recorded\n",
+                    r.from,
+                    r.snapshots.len()
+                );
+                for x in &r.snapshots {
+                    s += &format!("  {x}\n");
+                }
+                for x in &r.skipped {
+                    s += &format!("  skipped {x}\n");
+                }
+                s
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 

@@ -23,3 +23,9 @@ mod regions;
 
 // The offline demo: every step's figures present and consistent.
 mod demo;
+
+// Disaster recovery: rebuild the catalog from one surviving region.
+mod dr;
+
+// The crash-fault matrix and gc beside snapshots in flight.
+mod crash;

@@ -95,6 +95,7 @@ pub fn restore_image(
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
+    remove_partials(&dir, &name);
     let tmp = tempfile::Builder::new()
         .prefix(&format!(".{name}."))
         .suffix(".geosnap-partial")
@@ -235,6 +236,22 @@ pub fn fetch_verified(
         }
     }
     Err(first_err.unwrap_or(Error::ChunkMissing { id: *id }))
+}
+
+/// Removes what an earlier restore to the same target left when it was killed (its
+/// temporary file is only deleted by a clean exit).
+fn remove_partials(dir: &Path, name: &str) {
+    let prefix = format!(".{name}.");
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let file = e.file_name();
+        let file = file.to_string_lossy();
+        if file.starts_with(&prefix) && file.ends_with(".geosnap-partial") {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
 }
 
 /// fsyncs a directory so a rename in it survives a crash.

@@ -254,3 +254,35 @@ fn missing_and_directory_images_are_clear_errors() {
     let err = Image::open(dir.path()).unwrap_err();
     assert!(err.to_string().contains("is a directory"), "{err}");
 }
+
+#[test]
+fn a_manifest_whose_lengths_do_not_match_its_chunks_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("img");
+    generate(&p, 100 << 10, Profile::Random, 8).unwrap();
+    let store = DirStore::new(&dir.path().join("store")).unwrap();
+    let mut m = snapshot(&p, &store, ChunkerParams::fixed(65536).unwrap());
+    // Shift 4 KiB from the second chunk to the first: the totals still add up, so only the
+    // chunks themselves can tell.
+    if let [
+        Extent::Chunk { len: a, .. },
+        Extent::Chunk {
+            offset: b_off,
+            len: b,
+            ..
+        },
+        ..,
+    ] = m.extents.as_mut_slice()
+    {
+        *a -= 4096;
+        *b += 4096;
+        *b_off -= 4096;
+    } else {
+        panic!("expected two chunks first");
+    }
+    let m = Manifest::decode(&m.encode().unwrap()).unwrap();
+    let out = dir.path().join("out");
+    let err = restore_image(&m, &store, &out, &RestoreOptions::default(), &NoProgress).unwrap_err();
+    assert!(err.to_string().contains("manifest expects"), "{err}");
+    assert!(!out.exists());
+}

@@ -18,6 +18,7 @@ pub mod demo;
 pub mod instances;
 pub mod jobs;
 pub mod maintenance;
+pub mod rebuild;
 pub mod regions;
 pub mod restore;
 pub mod snapshots;
