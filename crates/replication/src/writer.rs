@@ -108,6 +108,16 @@ pub async fn write_snapshot(
         })
         .collect();
 
+    // Each region's state on the progress line, twice a second.
+    let reporter = {
+        let (targets, progress) = (targets.clone(), progress.clone());
+        tokio::spawn(async move {
+            loop {
+                progress.message(&region_states(&targets));
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        })
+    };
     let scan = {
         let (sink, image, options) = (sink.clone(), req.image.clone(), req.options);
         tokio::task::spawn_blocking(move || {
@@ -119,6 +129,7 @@ pub async fn write_snapshot(
     for t in &targets {
         t.close();
     }
+    reporter.abort();
     let scanned = match scan {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
@@ -213,6 +224,25 @@ pub async fn write_snapshot(
             .map(|t| t.uploaded_bytes.load(Ordering::Relaxed))
             .sum(),
     })
+}
+
+/// "it-1 41 MiB, de-1 38 MiB, nl-1 down": what each store has received.
+fn region_states(targets: &[Arc<Target>]) -> String {
+    targets
+        .iter()
+        .map(|t| {
+            let state = if t.failed.load(Ordering::Relaxed) {
+                "failed".to_string()
+            } else if t.detached.load(Ordering::Relaxed) {
+                "owed".to_string()
+            } else {
+                let mib = t.uploaded_bytes.load(Ordering::Relaxed) as f64 / (1 << 20) as f64;
+                format!("{mib:.0} MiB")
+            };
+            format!("{} {state}", t.bucket.region)
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn check_quorum(targets: &[Arc<Target>], quorum: usize) -> Result<()> {
