@@ -95,7 +95,7 @@ pub enum Command {
         /// Size, e.g. 1G.
         #[arg(long, default_value = "1G")]
         size: String,
-        /// mixed | random | text | zeros | sparse
+        /// mixed | random | text | zeros | sparse | halves
         #[arg(long, default_value = "mixed")]
         profile: String,
         /// Seed of the generator.

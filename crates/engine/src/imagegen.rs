@@ -26,6 +26,8 @@ pub enum Profile {
     /// Like `Mixed`, but the zero segments are holes and a further half of the image is
     /// one hole at the end.
     Sparse,
+    /// Dense: the first half random, the second half text-like.
+    Halves,
 }
 
 impl FromStr for Profile {
@@ -38,9 +40,10 @@ impl FromStr for Profile {
             "text" => Profile::Text,
             "zeros" => Profile::Zeros,
             "sparse" => Profile::Sparse,
+            "halves" => Profile::Halves,
             _ => {
                 return Err(format!(
-                    "'{s}' is not a profile; use mixed, random, text, zeros or sparse"
+                    "'{s}' is not a profile; use mixed, random, text, zeros, sparse or halves"
                 ));
             }
         })
@@ -71,6 +74,10 @@ pub fn generate(path: &Path, size: u64, profile: Profile, seed: u64) -> io::Resu
             Profile::Random => (Fill::Random, 4 << 20),
             Profile::Text => (Fill::Text, 4 << 20),
             Profile::Zeros => (Fill::Zero, 4 << 20),
+            Profile::Halves if pos < size / 2 => {
+                (Fill::Random, (4 << 20).min((size / 2 - pos) as usize))
+            }
+            Profile::Halves => (Fill::Text, 4 << 20),
             Profile::Mixed | Profile::Sparse => {
                 let fill = match rng.random_range(0..3) {
                     0 => Fill::Random,
