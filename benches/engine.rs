@@ -71,33 +71,40 @@ fn sha256(c: &mut Criterion) {
     g.finish();
 }
 
+/// Frames as the pipeline builds them: 256 KiB of 16 KiB chunks, compressed together.
+fn frames_of(data: &[u8]) -> Vec<Vec<(ChunkId, &[u8])>> {
+    data.chunks(256 << 10)
+        .map(|f| f.chunks(16 << 10).map(|c| (ChunkId::of(c), c)).collect())
+        .collect()
+}
+
 fn zstd(c: &mut Criterion) {
     let text = sample(Profile::Text, 4 << 20);
     let random = sample(Profile::Random, 4 << 20);
     let mut g = c.benchmark_group("zstd");
     for (name, data) in [("text", &text), ("random", &random)] {
+        let frames = frames_of(data);
         g.throughput(Throughput::Bytes(data.len() as u64));
         for level in [-5, -1, 1, 3] {
             let mut enc = Encoder::new(level).expect("encoder");
             g.bench_function(format!("encode/{name}/level{level}"), |b| {
                 b.iter(|| {
-                    for chunk in data.chunks(256 << 10) {
-                        black_box(enc.encode(chunk).expect("encode"));
+                    for f in &frames {
+                        black_box(enc.encode(f).expect("encode"));
                     }
                 })
             });
         }
         let mut enc = Encoder::new(1).expect("encoder");
-        let objects: Vec<_> = data
-            .chunks(256 << 10)
-            .map(|c| (ChunkId::of(c), enc.encode(c).expect("encode")))
+        let encoded: Vec<_> = frames
+            .iter()
+            .map(|f| enc.encode(f).expect("encode"))
             .collect();
         let mut dec = Decoder::new().expect("decoder");
-        let mut out = Vec::new();
         g.bench_function(format!("decode+verify/{name}/level1"), |b| {
             b.iter(|| {
-                for (id, obj) in &objects {
-                    dec.decode_into(id, obj, None, &mut out).expect("decode");
+                for f in &encoded {
+                    black_box(dec.decode_verified(&f.bytes).expect("decode"));
                 }
             })
         });
@@ -131,7 +138,7 @@ fn pipeline(c: &mut Criterion) {
     let mut g = c.benchmark_group("pipeline");
     g.sample_size(10);
     g.throughput(Throughput::Bytes(image.size()));
-    for p in ["fixed:256K", "fixed:1M", "cdc:64K:256K:1M"] {
+    for p in ["fixed:16K", "fixed:256K", "cdc:64K:256K:1M"] {
         let opts = SnapshotOptions {
             chunker: p.parse().expect("chunker"),
             ..Default::default()

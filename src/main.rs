@@ -327,18 +327,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Verify { region, repair } => {
             let reports = g.verify(region.as_deref(), repair)?;
-            let clean = reports.iter().all(|r| {
-                if repair {
-                    r.is_clean()
-                } else {
-                    r.main.corrupt_chunks.is_empty()
-                        && r.main.missing_chunks.is_empty()
-                        && r.main.corrupt_manifests.is_empty()
-                        && r.volume.corrupt_chunks.is_empty()
-                        && r.volume.missing_chunks.is_empty()
-                        && r.volume.corrupt_manifests.is_empty()
-                }
-            });
+            let clean = reports.iter().all(|r| r.is_clean());
             out.show(&reports, || {
                 let mut s = String::new();
                 for r in &reports {
@@ -354,13 +343,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     }
                     for v in [&r.main, &r.volume] {
                         s += &format!(
-                            "{}: {} manifests, {} chunks ({}) checked; {} missing, {} corrupt, {} corrupt manifests{}\n",
+                            "{}: {} manifests, {} chunks in {} packs ({}) checked; {} missing, {} corrupt, {} damaged packs, {} damaged index objects, {} corrupt manifests{}\n",
                             v.store,
                             v.manifests,
                             v.chunks_checked,
+                            v.packs_checked,
                             size(v.bytes_checked),
                             v.missing_chunks.len(),
                             v.corrupt_chunks.len(),
+                            v.corrupt_packs.len() + v.missing_packs.len(),
+                            v.corrupt_indexes.len(),
                             v.corrupt_manifests.len(),
                             if repair { format!("; {} repaired, {} not repairable", v.repaired.len(), v.unrepaired.len()) } else { String::new() }
                         );

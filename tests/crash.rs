@@ -16,7 +16,10 @@ fn setup() -> (Env, PathBuf, PathBuf) {
     let text = std::fs::read_to_string(&cfg).unwrap();
     std::fs::write(
         &cfg,
-        text.replace("stale_after_secs = 30", "stale_after_secs = 1"),
+        text.replace(
+            "stale_after_secs = 30",
+            "stale_after_secs = 1\npack_size = \"1M\"",
+        ),
     )
     .unwrap();
     let img = env.image("a.img", 24 << 20, Profile::Mixed, 11);

@@ -46,7 +46,8 @@ fn the_demo_tells_the_whole_story_with_consistent_figures() {
     assert_eq!(r["restore"]["identical"], true);
     assert_ne!(r["restore"]["fsck_ok"], false);
     assert_eq!(r["repair"]["identical"], true);
-    assert_eq!(r["repair"]["repaired_chunks"], 1);
+    // The damaged frame's chunks (at least the one hit) came from another region.
+    assert!(r["repair"]["repaired_chunks"].as_u64().unwrap() >= 1);
 
     assert_eq!(
         r["residency"]["stores_holding"],

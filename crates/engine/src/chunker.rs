@@ -13,11 +13,11 @@ use serde::{Deserialize, Serialize};
 use crate::Error;
 
 /// Smallest fixed chunk size.
-pub const FIXED_MIN: u32 = 64 * 1024;
+pub const FIXED_MIN: u32 = 4 * 1024;
 /// Largest chunk of any chunker.
 pub const CHUNK_MAX: u32 = 16 * 1024 * 1024;
 /// The fixed chunk size used when none is given; chosen in `docs/benchmarks.md`.
-pub const DEFAULT_FIXED_SIZE: u32 = 256 * 1024;
+pub const DEFAULT_FIXED_SIZE: u32 = 16 * 1024;
 
 /// How an image is cut into chunks. Recorded in every manifest.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -25,7 +25,7 @@ pub const DEFAULT_FIXED_SIZE: u32 = 256 * 1024;
 pub enum ChunkerParams {
     /// Cells of `size` bytes on a grid anchored at offset 0 of the image.
     Fixed {
-        /// Cell size: a power of two from 64 KiB to 16 MiB.
+        /// Cell size: a power of two from 4 KiB to 16 MiB.
         size: u32,
     },
     /// FastCDC 2020 with normalization level 1.
@@ -48,7 +48,7 @@ impl Default for ChunkerParams {
 }
 
 impl ChunkerParams {
-    /// Fixed chunks of `size` bytes; `size` must be a power of two from 64 KiB to 16 MiB.
+    /// Fixed chunks of `size` bytes; `size` must be a power of two from 4 KiB to 16 MiB.
     pub fn fixed(size: u32) -> Result<Self, Error> {
         let p = ChunkerParams::Fixed { size };
         p.validate()?;
@@ -69,7 +69,7 @@ impl ChunkerParams {
             ChunkerParams::Fixed { size } => {
                 if !size.is_power_of_two() || !(FIXED_MIN..=CHUNK_MAX).contains(&size) {
                     return bad(format!(
-                        "fixed chunk size {} is not a power of two from 64 KiB to 16 MiB",
+                        "fixed chunk size {} is not a power of two from 4 KiB to 16 MiB",
                         size
                     ));
                 }
@@ -276,10 +276,10 @@ mod tests {
         );
         let p = "cdc".parse::<ChunkerParams>().unwrap();
         assert_eq!(p.to_string().parse::<ChunkerParams>().unwrap(), p);
-        assert_eq!(ChunkerParams::default().to_string(), "fixed:256K");
+        assert_eq!(ChunkerParams::default().to_string(), "fixed:16K");
         for bad in [
             "fixed:3M",
-            "fixed:32K",
+            "fixed:2K",
             "fixed:32M",
             "cdc:1M:64K:4M",
             "rabin",

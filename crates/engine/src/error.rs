@@ -42,6 +42,17 @@ pub enum Error {
         /// What is wrong.
         detail: String,
     },
+    /// A frame does not decode (its header, table or payload is damaged).
+    #[error("frame is corrupt: {0}")]
+    FrameCorrupt(String),
+    /// The chunk could not be read (its store or frame failed).
+    #[error("chunk {id} could not be read: {detail}")]
+    ChunkUnreadable {
+        /// Chunk id.
+        id: ChunkId,
+        /// Why.
+        detail: String,
+    },
     /// No store holds the chunk.
     #[error("chunk {id} is missing")]
     ChunkMissing {

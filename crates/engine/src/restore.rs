@@ -3,6 +3,7 @@
 //! target; zero runs stay holes. Only a complete, fsynced file is renamed into place, so a
 //! failed restore leaves nothing at the target.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
@@ -11,9 +12,9 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::thread;
 
+use bytes::Bytes;
 use serde::Serialize;
 
-use crate::codec::Decoder;
 use crate::manifest::{Extent, Manifest};
 use crate::progress::Progress;
 use crate::store::ChunkSource;
@@ -106,32 +107,52 @@ pub fn restore_image(
         .map_err(write_err)?;
     progress.start(manifest.header.image_size);
 
-    let chunks: Vec<(u64, u32, ChunkId)> = manifest
-        .extents
-        .iter()
-        .filter_map(|e| match *e {
-            Extent::Chunk { offset, len, id } => Some((offset, len, id)),
-            Extent::Zero { len, .. } => {
-                progress.advance(len);
-                None
+    // Every distinct chunk with its length and the offsets it is written at.
+    let mut places: HashMap<ChunkId, (u32, Vec<u64>)> = HashMap::new();
+    let mut order = Vec::new();
+    let mut data_bytes = 0u64;
+    let mut chunk_count = 0u64;
+    for e in &manifest.extents {
+        match *e {
+            Extent::Chunk { offset, len, id } => {
+                data_bytes += u64::from(len);
+                chunk_count += 1;
+                places
+                    .entry(id)
+                    .or_insert_with(|| {
+                        order.push(id);
+                        (len, Vec::new())
+                    })
+                    .1
+                    .push(offset);
             }
-        })
-        .collect();
+            Extent::Zero { len, .. } => progress.advance(len),
+        }
+    }
+    let groups = source.plan(&order);
     let next = AtomicUsize::new(0);
     let recovered = AtomicU64::new(0);
     let cancel = AtomicBool::new(false);
     let failure: Mutex<Option<Error>> = Mutex::new(None);
     let threads = opts
         .thread_count(manifest.header.chunker.max_chunk())
-        .min(chunks.len().max(1));
+        .min(groups.len().max(1));
     let file = tmp.as_file();
+    let job = Restore {
+        groups: &groups,
+        places: &places,
+        next: &next,
+        cancel: &cancel,
+        recovered: &recovered,
+        source,
+        file,
+        target,
+        progress,
+    };
     thread::scope(|s| {
         for _ in 0..threads {
             s.spawn(|| {
-                let result = restore_worker(
-                    &chunks, &next, &cancel, &recovered, source, file, target, progress,
-                );
-                if let Err(e) = result {
+                if let Err(e) = job.worker() {
                     cancel.store(true, Ordering::SeqCst);
                     if let Ok(mut f) = failure.lock()
                         && f.is_none()
@@ -162,80 +183,143 @@ pub fn restore_image(
         })?;
     }
     sync_dir(&dir).map_err(write_err)?;
-    let data_bytes: u64 = chunks.iter().map(|c| u64::from(c.1)).sum();
     Ok(RestoreStats {
         image_size: manifest.header.image_size,
         data_bytes,
         zero_bytes: manifest.header.image_size - data_bytes,
-        chunks: chunks.len() as u64,
+        chunks: chunk_count,
         recovered_chunks: recovered.load(Ordering::Relaxed),
     })
 }
 
-#[allow(clippy::too_many_arguments)]
-fn restore_worker(
-    chunks: &[(u64, u32, ChunkId)],
-    next: &AtomicUsize,
-    cancel: &AtomicBool,
-    recovered: &AtomicU64,
-    source: &dyn ChunkSource,
-    file: &File,
-    target: &Path,
-    progress: &dyn Progress,
-) -> Result<(), Error> {
-    let mut dec = Decoder::new()?;
-    let mut buf = Vec::new();
-    loop {
-        if cancel.load(Ordering::Relaxed) {
-            return Ok(());
-        }
-        let Some(&(offset, len, id)) = chunks.get(next.fetch_add(1, Ordering::Relaxed)) else {
-            return Ok(());
-        };
-        let attempt = fetch_verified(source, &mut dec, &id, len as usize, &mut buf)?;
-        if attempt > 0 {
-            recovered.fetch_add(1, Ordering::Relaxed);
-        }
-        file.write_all_at(&buf, offset)
-            .map_err(|source| Error::Write {
-                path: target.to_path_buf(),
-                source,
-            })?;
-        progress.advance(u64::from(len));
-    }
+/// What the restore threads share.
+struct Restore<'a> {
+    groups: &'a [Vec<ChunkId>],
+    places: &'a HashMap<ChunkId, (u32, Vec<u64>)>,
+    next: &'a AtomicUsize,
+    cancel: &'a AtomicBool,
+    recovered: &'a AtomicU64,
+    source: &'a dyn ChunkSource,
+    file: &'a File,
+    target: &'a Path,
+    progress: &'a dyn Progress,
 }
 
-/// Fetches `id` into `out`, trying further copies while the source offers them. Returns the
-/// attempt that verified.
-pub fn fetch_verified(
-    source: &dyn ChunkSource,
-    dec: &mut Decoder,
-    id: &ChunkId,
-    len: usize,
-    out: &mut Vec<u8>,
-) -> Result<u32, Error> {
-    let mut first_err: Option<Error> = None;
-    for attempt in 0.. {
-        let result = source.fetch(id, attempt).and_then(|obj| match obj {
-            Some(obj) => dec
-                .decode_into(id, &obj, Some(len), out)
-                .map(|()| Some(obj)),
-            None => Ok(None),
-        });
-        match result {
-            Ok(Some(obj)) => {
-                if attempt > 0 {
-                    source.recovered(id, attempt, &obj);
-                }
-                return Ok(attempt);
+impl Restore<'_> {
+    /// Takes groups until none are left: fetch, verify each chunk, write it everywhere it
+    /// goes; a chunk missing or failing its hash is fetched again from further copies.
+    fn worker(&self) -> Result<(), Error> {
+        loop {
+            if self.cancel.load(Ordering::Relaxed) {
+                return Ok(());
             }
-            Ok(None) => break,
-            Err(e) => {
-                first_err.get_or_insert(e);
+            let Some(group) = self.groups.get(self.next.fetch_add(1, Ordering::Relaxed)) else {
+                return Ok(());
+            };
+            let (fetched, group_err) = match self.source.fetch(group, 0) {
+                Ok(f) => (f.unwrap_or_default(), None),
+                // The preferred copy failed as a whole: every chunk tries the others.
+                Err(e) => (Vec::new(), Some(e.to_string())),
+            };
+            let mut done = Vec::with_capacity(group.len());
+            let mut failed: HashMap<ChunkId, Error> = HashMap::new();
+            for (id, data) in fetched {
+                if done.contains(&id) || !group.contains(&id) {
+                    continue;
+                }
+                match self.check(&id, &data) {
+                    Ok(()) => {
+                        self.write(&id, &data)?;
+                        done.push(id);
+                    }
+                    Err(e) => {
+                        failed.insert(id, e);
+                    }
+                }
+            }
+            for id in group {
+                if done.contains(id) {
+                    continue;
+                }
+                let first = failed.remove(id).unwrap_or_else(|| match &group_err {
+                    Some(e) => Error::ChunkUnreadable {
+                        id: *id,
+                        detail: e.clone(),
+                    },
+                    None => Error::ChunkMissing { id: *id },
+                });
+                let data = self.fallback(id, first)?;
+                self.write(id, &data)?;
             }
         }
     }
-    Err(first_err.unwrap_or(Error::ChunkMissing { id: *id }))
+
+    /// The chunk's bytes have the manifest's length and hash to its id.
+    fn check(&self, id: &ChunkId, data: &[u8]) -> Result<(), Error> {
+        let want = self.places.get(id).map(|p| p.0 as usize).unwrap_or(0);
+        if data.len() != want {
+            return Err(Error::ChunkCorrupt {
+                id: *id,
+                detail: format!(
+                    "holds {} bytes where the manifest expects {want}",
+                    data.len()
+                ),
+            });
+        }
+        let actual = ChunkId::of(data);
+        if actual != *id {
+            return Err(Error::ChunkCorrupt {
+                id: *id,
+                detail: format!("content hashes to {}", actual.short()),
+            });
+        }
+        Ok(())
+    }
+
+    /// Asks further copies for one chunk the preferred copy failed with `first`; that
+    /// first error is the one reported if no copy has it.
+    fn fallback(&self, id: &ChunkId, first: Error) -> Result<Bytes, Error> {
+        let mut first_err = Some(first);
+        for attempt in 1.. {
+            match self.source.fetch(std::slice::from_ref(id), attempt) {
+                Ok(None) => break,
+                Ok(Some(v)) => {
+                    if let Some((_, data)) = v.into_iter().find(|(c, _)| c == id) {
+                        match self.check(id, &data) {
+                            Ok(()) => {
+                                self.source.recovered(id, attempt, &data);
+                                self.recovered.fetch_add(1, Ordering::Relaxed);
+                                return Ok(data);
+                            }
+                            Err(e) => {
+                                first_err.get_or_insert(e);
+                            }
+                        }
+                    }
+                }
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        Err(first_err.unwrap_or(Error::ChunkMissing { id: *id }))
+    }
+
+    fn write(&self, id: &ChunkId, data: &[u8]) -> Result<(), Error> {
+        let Some((len, offsets)) = self.places.get(id) else {
+            return Ok(());
+        };
+        for &off in offsets {
+            self.file
+                .write_all_at(data, off)
+                .map_err(|source| Error::Write {
+                    path: self.target.to_path_buf(),
+                    source,
+                })?;
+            self.progress.advance(u64::from(*len));
+        }
+        Ok(())
+    }
 }
 
 /// Removes what an earlier restore to the same target left when it was killed (its

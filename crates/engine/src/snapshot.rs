@@ -10,7 +10,7 @@ use bytes::Bytes;
 use serde::Serialize;
 
 use crate::chunker::ChunkerParams;
-use crate::codec::{DEFAULT_LEVEL, Encoder};
+use crate::codec::{DEFAULT_LEVEL, Encoder, FRAME_TARGET};
 use crate::image::Image;
 use crate::manifest::Extent;
 use crate::progress::Progress;
@@ -83,15 +83,18 @@ pub struct Scanned {
     pub stats: SnapshotStats,
 }
 
+/// Consecutive chunks of the image, about one frame's worth.
 struct Job {
-    index: usize,
-    data: Bytes,
+    chunks: Vec<(usize, Bytes)>,
 }
 
 struct Done {
-    index: usize,
-    id: ChunkId,
-    stored: Option<usize>,
+    /// Extent index and chunk id of every chunk of the job.
+    ids: Vec<(usize, ChunkId)>,
+    /// Chunks that were new, their raw bytes, and the encoded frame's size.
+    new_chunks: u64,
+    new_bytes: u64,
+    stored: u64,
 }
 
 /// Scans `image`, stores every chunk `sink` lacks, and returns the extents.
@@ -132,27 +135,36 @@ pub fn snapshot_image(
                     if cancel.load(Ordering::Relaxed) {
                         continue;
                     }
-                    let id = ChunkId::of(&job.data);
-                    let mut stored = None;
-                    if sink.claim(&id) {
-                        let put = enc.encode(&job.data).and_then(|obj| {
-                            let n = obj.len();
-                            sink.put(id, obj).map(|()| n)
+                    let mut ids = Vec::with_capacity(job.chunks.len());
+                    let mut fresh: Vec<(ChunkId, &[u8])> = Vec::new();
+                    for (index, data) in &job.chunks {
+                        let id = ChunkId::of(data);
+                        ids.push((*index, id));
+                        if sink.claim(&id) {
+                            fresh.push((id, data));
+                        }
+                    }
+                    let mut done = Done {
+                        ids,
+                        new_chunks: fresh.len() as u64,
+                        new_bytes: fresh.iter().map(|f| f.1.len() as u64).sum(),
+                        stored: 0,
+                    };
+                    if !fresh.is_empty() {
+                        let put = enc.encode(&fresh).and_then(|frame| {
+                            let n = frame.bytes.len() as u64;
+                            sink.put_frame(frame).map(|()| n)
                         });
                         match put {
-                            Ok(n) => stored = Some(n),
+                            Ok(n) => done.stored = n,
                             Err(e) => {
                                 fail(e);
                                 continue;
                             }
                         }
                     }
-                    progress.advance(job.data.len() as u64);
-                    let _ = done_tx.send(Done {
-                        index: job.index,
-                        id,
-                        stored,
-                    });
+                    progress.advance(job.chunks.iter().map(|c| c.1.len() as u64).sum());
+                    let _ = done_tx.send(done);
                 }
             });
         }
@@ -168,17 +180,15 @@ pub fn snapshot_image(
     let (mut extents, mut stats) = read?;
     let mut filled = 0u64;
     for d in done_rx.iter() {
-        if let Some(Extent::Chunk { id, .. }) = extents.get_mut(d.index) {
-            *id = d.id;
-            filled += 1;
-        }
-        if let Some(n) = d.stored {
-            stats.new_chunks += 1;
-            stats.stored_bytes += n as u64;
-            if let Some(e) = extents.get(d.index) {
-                stats.new_bytes += e.len();
+        for (index, chunk) in d.ids {
+            if let Some(Extent::Chunk { id, .. }) = extents.get_mut(index) {
+                *id = chunk;
+                filled += 1;
             }
         }
+        stats.new_chunks += d.new_chunks;
+        stats.new_bytes += d.new_bytes;
+        stats.stored_bytes += d.stored;
     }
     if filled != stats.chunks {
         return Err(Error::Cancelled);
@@ -203,6 +213,20 @@ fn read_image(
         ..SnapshotStats::default()
     };
     let stopped = std::cell::Cell::new(false);
+    let mut batch: Vec<(usize, Bytes)> = Vec::new();
+    let mut batch_bytes = 0usize;
+    let send = |batch: &mut Vec<(usize, Bytes)>, batch_bytes: &mut usize| {
+        if batch.is_empty() {
+            return;
+        }
+        let job = Job {
+            chunks: std::mem::take(batch),
+        };
+        *batch_bytes = 0;
+        if jobs.send(job).is_err() {
+            stopped.set(true);
+        }
+    };
     let mut emit = |piece: Piece| match piece {
         Piece::Zero { offset, len } => {
             stats.zero_bytes += len;
@@ -217,13 +241,11 @@ fn read_image(
                 len: data.len() as u32,
                 id: ChunkId([0; 32]),
             });
-            let job = Job {
-                index: extents.len() - 1,
-                data,
-            };
-            if jobs.send(job).is_err() {
-                stopped.set(true);
+            if batch_bytes + data.len() > FRAME_TARGET {
+                send(&mut batch, &mut batch_bytes);
             }
+            batch_bytes += data.len();
+            batch.push((extents.len() - 1, data));
         }
     };
     let mut pos = 0u64;
@@ -248,6 +270,7 @@ fn read_image(
         pos += n as u64;
         scanner.push(buf, pos == size, &mut emit);
     }
+    send(&mut batch, &mut batch_bytes);
     if stopped.get() {
         return Err(Error::Cancelled);
     }

@@ -1,68 +1,197 @@
-//! The boundary between the engine and whatever keeps chunks: [`ChunkSink`] receives them
-//! during a snapshot, [`ChunkSource`] hands them back for a restore. The replication crate
-//! implements both over object stores; [`DirStore`] and [`MemStore`] serve tests and
-//! benchmarks.
+//! The boundary between the engine and whatever keeps chunks: [`ChunkSink`] receives
+//! frames of new chunks during a snapshot, [`ChunkSource`] hands chunk bytes back for a
+//! restore. The replication crate implements both over packs in object stores;
+//! [`MemStore`] and [`DirStore`] serve tests and benchmarks.
 
 use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 
+use crate::codec::{Decoder, EncodedFrame};
 use crate::{ChunkId, Error};
 
 /// Where a snapshot's new chunks go.
 pub trait ChunkSink: Sync {
-    /// Claims `id`: `true` if the caller must encode and [`ChunkSink::put`] it, `false` if
-    /// the store holds it already or another worker is storing it. Lets known chunks skip
-    /// compression.
+    /// Claims `id`: `true` if the caller must store it, `false` if the store holds it
+    /// already or another worker is storing it. Lets known chunks skip compression.
     fn claim(&self, id: &ChunkId) -> bool;
 
-    /// Stores an encoded chunk object (see [`crate::codec`]). May block to apply
-    /// backpressure; must be idempotent.
-    fn put(&self, id: ChunkId, object: Bytes) -> Result<(), Error>;
+    /// Stores a frame of claimed chunks. May block to apply backpressure; must be
+    /// idempotent.
+    fn put_frame(&self, frame: EncodedFrame) -> Result<(), Error>;
 }
+
+/// Chunk bytes fetched for a restore, unverified: the engine checks every hash.
+pub type Fetched = Vec<(ChunkId, Bytes)>;
 
 /// Where a restore's chunks come from.
 pub trait ChunkSource: Sync {
-    /// The stored object for `id`. `attempt` is 0 first and grows each time the object of an
-    /// earlier attempt was missing or failed verification, so a source can turn to another
-    /// replica; `Ok(None)` means no other copy is available.
-    fn fetch(&self, id: &ChunkId, attempt: u32) -> Result<Option<Bytes>, Error>;
+    /// Splits the chunks a restore needs into groups that are cheap to fetch together
+    /// (a frame, a pack region). The default fetches chunk by chunk.
+    fn plan(&self, ids: &[ChunkId]) -> Vec<Vec<ChunkId>> {
+        ids.iter().map(|id| vec![*id]).collect()
+    }
 
-    /// Called with the object that verified when `attempt > 0`, so the source can repair
-    /// the copies that failed.
-    fn recovered(&self, _id: &ChunkId, _attempt: u32, _object: &Bytes) {}
+    /// The bytes of the chunks in `ids` that copy number `attempt` holds (0 is the preferred
+    /// copy; a failed chunk is asked for again with a higher attempt, one id at a time).
+    /// `Ok(None)` means there is no such copy. Chunks it cannot provide are left out.
+    fn fetch(&self, ids: &[ChunkId], attempt: u32) -> Result<Option<Fetched>, Error>;
+
+    /// Called with bytes that verified on `attempt > 0`, so the source can repair the
+    /// copies that failed.
+    fn recovered(&self, _id: &ChunkId, _attempt: u32, _data: &Bytes) {}
 }
 
-/// Path of a chunk object under a store root: `chunks/<2 hex>/<64 hex>`.
-pub fn chunk_key(id: &ChunkId) -> String {
-    let hex = id.to_hex();
-    format!("chunks/{}/{}", &hex[..2], hex)
+/// Frames held in memory with a chunk → frame index.
+#[derive(Debug, Default)]
+struct Frames {
+    frames: Vec<Bytes>,
+    index: HashMap<ChunkId, usize>,
 }
 
-/// Chunks in a local directory, one file per chunk, written through a temporary name.
+impl Frames {
+    fn add(&mut self, frame: EncodedFrame) -> usize {
+        let n = self.frames.len();
+        for (id, _) in &frame.chunks {
+            self.index.entry(*id).or_insert(n);
+        }
+        self.frames.push(frame.bytes);
+        n
+    }
+
+    fn fetch(&self, ids: &[ChunkId]) -> Result<Fetched, Error> {
+        let mut by_frame: HashMap<usize, Vec<ChunkId>> = HashMap::new();
+        for id in ids {
+            if let Some(&f) = self.index.get(id) {
+                by_frame.entry(f).or_default().push(*id);
+            }
+        }
+        let mut dec = Decoder::new()?;
+        let mut out = Vec::new();
+        for (f, wanted) in by_frame {
+            // A frame that does not decode yields nothing: its chunks fall back.
+            let Ok(d) = dec.decode(&self.frames[f]) else {
+                continue;
+            };
+            for (id, b) in d.chunks() {
+                if wanted.contains(&id) {
+                    out.push((id, b));
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Chunks in memory, for benchmarks and tests.
+#[derive(Debug, Default)]
+pub struct MemStore {
+    frames: Mutex<Frames>,
+    claimed: Mutex<HashSet<ChunkId>>,
+    stored: AtomicU64,
+}
+
+impl MemStore {
+    /// An empty store.
+    pub fn new() -> MemStore {
+        MemStore::default()
+    }
+
+    /// Number of chunks held.
+    pub fn len(&self) -> usize {
+        self.frames.lock().map(|f| f.index.len()).unwrap_or(0)
+    }
+
+    /// Whether no chunk is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Total size of the stored frames.
+    pub fn stored_bytes(&self) -> u64 {
+        self.stored.load(Ordering::Relaxed)
+    }
+
+    /// Replaces the frame that holds `id` with `damage(frame)` (to simulate rot in tests).
+    pub fn damage(&self, id: &ChunkId, damage: impl FnOnce(&mut Vec<u8>)) {
+        if let Ok(mut f) = self.frames.lock()
+            && let Some(&n) = f.index.get(id)
+        {
+            let mut v = f.frames[n].to_vec();
+            damage(&mut v);
+            f.frames[n] = Bytes::from(v);
+        }
+    }
+}
+
+impl ChunkSink for MemStore {
+    fn claim(&self, id: &ChunkId) -> bool {
+        let fresh = self
+            .claimed
+            .lock()
+            .map(|mut c| c.insert(*id))
+            .unwrap_or(true);
+        fresh
+            && !self
+                .frames
+                .lock()
+                .map(|f| f.index.contains_key(id))
+                .unwrap_or(false)
+    }
+
+    fn put_frame(&self, frame: EncodedFrame) -> Result<(), Error> {
+        self.stored
+            .fetch_add(frame.bytes.len() as u64, Ordering::Relaxed);
+        if let Ok(mut f) = self.frames.lock() {
+            f.add(frame);
+        }
+        Ok(())
+    }
+}
+
+impl ChunkSource for MemStore {
+    fn fetch(&self, ids: &[ChunkId], attempt: u32) -> Result<Option<Fetched>, Error> {
+        if attempt > 0 {
+            return Ok(None);
+        }
+        let frames = self
+            .frames
+            .lock()
+            .map_err(|_| Error::Codec("store lock poisoned".into()))?;
+        frames.fetch(ids).map(Some)
+    }
+}
+
+/// Frames in a local directory, one file per frame, written through a temporary name; the
+/// chunk → frame index lives in memory.
 #[derive(Debug)]
 pub struct DirStore {
     root: PathBuf,
+    index: Mutex<HashMap<ChunkId, PathBuf>>,
     claimed: Mutex<HashSet<ChunkId>>,
+    next: AtomicU64,
 }
 
 impl DirStore {
     /// A store rooted at `root` (created if missing).
     pub fn new(root: &Path) -> io::Result<DirStore> {
-        fs::create_dir_all(root.join("chunks"))?;
+        fs::create_dir_all(root)?;
         Ok(DirStore {
             root: root.to_path_buf(),
+            index: Mutex::default(),
             claimed: Mutex::default(),
+            next: AtomicU64::new(0),
         })
     }
 
-    /// File holding chunk `id`.
-    pub fn path_of(&self, id: &ChunkId) -> PathBuf {
-        self.root.join(chunk_key(id))
+    /// File holding the frame that holds chunk `id`.
+    pub fn path_of(&self, id: &ChunkId) -> Option<PathBuf> {
+        self.index.lock().ok()?.get(id).cloned()
     }
 
     fn io(&self, e: io::Error) -> Error {
@@ -80,101 +209,46 @@ impl ChunkSink for DirStore {
             .lock()
             .map(|mut c| c.insert(*id))
             .unwrap_or(true);
-        fresh && !self.path_of(id).exists()
+        fresh && self.path_of(id).is_none()
     }
 
-    fn put(&self, id: ChunkId, object: Bytes) -> Result<(), Error> {
-        let path = self.path_of(&id);
-        let dir = path.parent().unwrap_or(&self.root);
-        fs::create_dir_all(dir).map_err(|e| self.io(e))?;
-        let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| self.io(e))?;
-        tmp.write_all(&object).map_err(|e| self.io(e))?;
+    fn put_frame(&self, frame: EncodedFrame) -> Result<(), Error> {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        let path = self.root.join(format!("frame-{n:08}"));
+        let mut tmp = tempfile::NamedTempFile::new_in(&self.root).map_err(|e| self.io(e))?;
+        tmp.write_all(&frame.bytes).map_err(|e| self.io(e))?;
         tmp.persist(&path).map_err(|e| self.io(e.error))?;
+        if let Ok(mut index) = self.index.lock() {
+            for (id, _) in &frame.chunks {
+                index.entry(*id).or_insert_with(|| path.clone());
+            }
+        }
         Ok(())
     }
 }
 
 impl ChunkSource for DirStore {
-    fn fetch(&self, id: &ChunkId, attempt: u32) -> Result<Option<Bytes>, Error> {
+    fn fetch(&self, ids: &[ChunkId], attempt: u32) -> Result<Option<Fetched>, Error> {
         if attempt > 0 {
             return Ok(None);
         }
-        match fs::read(self.path_of(id)) {
-            Ok(b) => Ok(Some(Bytes::from(b))),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(Error::ChunkMissing { id: *id }),
-            Err(e) => Err(self.io(e)),
+        let mut dec = Decoder::new()?;
+        let mut out = Vec::new();
+        for id in ids {
+            let Some(path) = self.path_of(id) else {
+                continue;
+            };
+            let bytes = match fs::read(&path) {
+                Ok(b) => b,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(self.io(e)),
+            };
+            if let Ok(d) = dec.decode(&bytes)
+                && let Some((_, b)) = d.chunks().find(|(c, _)| c == id)
+            {
+                out.push((*id, b));
+            }
         }
-    }
-}
-
-/// Chunks in memory, for benchmarks and tests.
-#[derive(Debug, Default)]
-pub struct MemStore {
-    chunks: Mutex<HashMap<ChunkId, Bytes>>,
-    claimed: Mutex<HashSet<ChunkId>>,
-}
-
-impl MemStore {
-    /// An empty store.
-    pub fn new() -> MemStore {
-        MemStore::default()
-    }
-
-    /// Number of chunks held.
-    pub fn len(&self) -> usize {
-        self.chunks.lock().map(|c| c.len()).unwrap_or(0)
-    }
-
-    /// Whether no chunk is held.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// Total size of the stored objects.
-    pub fn stored_bytes(&self) -> u64 {
-        self.chunks
-            .lock()
-            .map(|c| c.values().map(|b| b.len() as u64).sum())
-            .unwrap_or(0)
-    }
-
-    /// Replaces the object of `id` (to simulate damage in tests).
-    pub fn replace(&self, id: ChunkId, object: Bytes) {
-        if let Ok(mut c) = self.chunks.lock() {
-            c.insert(id, object);
-        }
-    }
-}
-
-impl ChunkSink for MemStore {
-    fn claim(&self, id: &ChunkId) -> bool {
-        let fresh = self
-            .claimed
-            .lock()
-            .map(|mut c| c.insert(*id))
-            .unwrap_or(true);
-        fresh
-            && !self
-                .chunks
-                .lock()
-                .map(|c| c.contains_key(id))
-                .unwrap_or(false)
-    }
-
-    fn put(&self, id: ChunkId, object: Bytes) -> Result<(), Error> {
-        if let Ok(mut c) = self.chunks.lock() {
-            c.insert(id, object);
-        }
-        Ok(())
-    }
-}
-
-impl ChunkSource for MemStore {
-    fn fetch(&self, id: &ChunkId, attempt: u32) -> Result<Option<Bytes>, Error> {
-        if attempt > 0 {
-            return Ok(None);
-        }
-        let found = self.chunks.lock().ok().and_then(|c| c.get(id).cloned());
-        found.map(Some).ok_or(Error::ChunkMissing { id: *id })
+        Ok(Some(out))
     }
 }

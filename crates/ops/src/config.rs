@@ -48,6 +48,15 @@ pub struct Config {
     /// Seconds after which a running job whose worker stopped heartbeating is taken over.
     #[serde(default = "default_stale_after")]
     pub stale_after_secs: i64,
+    /// Size a pack is filled to before it is uploaded (e.g. "16M").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pack_size: Option<String>,
+    /// Packs uploaded at once per region.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upload_concurrency: Option<usize>,
+    /// Bytes that may wait for one region before it holds the others back (e.g. "64M").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region_buffer: Option<String>,
     /// The regions, home region of new instances first.
     #[serde(rename = "region")]
     pub regions: Vec<RegionSpec>,
@@ -69,6 +78,9 @@ impl Config {
             chunker: ChunkerParams::default().to_string(),
             zstd_level: DEFAULT_LEVEL,
             stale_after_secs: default_stale_after(),
+            pack_size: None,
+            upload_concurrency: None,
+            region_buffer: None,
             regions: DEFAULT_REGIONS
                 .iter()
                 .map(|(name, country)| RegionSpec {
@@ -133,7 +145,32 @@ impl Config {
         if self.stale_after_secs <= 0 {
             return Err(bad("stale_after_secs must be positive".into()));
         }
+        self.tuning().map_err(bad)?;
         Ok(())
+    }
+
+    /// The write tuning these settings ask for, on top of the defaults.
+    pub fn tuning(&self) -> std::result::Result<geosnap_replication::Tuning, String> {
+        let mut t = geosnap_replication::Tuning::default();
+        let size = |name: &str, v: &str| {
+            geosnap_engine::chunker::parse_size(v)
+                .filter(|n| (64 << 10..=1 << 30).contains(n))
+                .map(|n| n as usize)
+                .ok_or_else(|| format!("{name} {v:?} is not a size from 64K to 1G"))
+        };
+        if let Some(v) = &self.pack_size {
+            t.pack_bytes = size("pack_size", v)?;
+        }
+        if let Some(v) = &self.region_buffer {
+            t.buffer_bytes = size("region_buffer", v)?;
+        }
+        if let Some(n) = self.upload_concurrency {
+            if !(1..=256).contains(&n) {
+                return Err(format!("upload_concurrency {n} is not from 1 to 256"));
+            }
+            t.upload_concurrency = n;
+        }
+        Ok(t)
     }
 
     /// Writes `DIR/config.toml` atomically.

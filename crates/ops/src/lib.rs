@@ -105,7 +105,11 @@ impl Geosnap {
                 Region::open(spec, faults, RetryPolicy::default())
             })
             .collect::<std::result::Result<Vec<_>, _>>()?;
-        let regions = Regions::new(regions, config.quorum)?;
+        let mut regions = Regions::new(regions, config.quorum)?;
+        regions.tuning = config.tuning().map_err(|reason| Error::Config {
+            path: dir.join(config::CONFIG_FILE),
+            reason,
+        })?;
         Ok(Geosnap {
             dir: dir.to_path_buf(),
             config,

@@ -1,4 +1,6 @@
-//! Garbage collection: per store, mark every chunk a manifest references, sweep the rest.
+//! Garbage collection: per store, mark every chunk a manifest references; drop the rest
+//! from the index, delete packs with nothing live, rewrite packs that are partly dead
+//! (frame by frame, without recompressing), then fold the index into one object.
 //!
 //! Safety against snapshots in flight (see `docs/format.md`, "gc rule"):
 //! 1. gc writes `gc/running`, then lists in-flight markers; a live marker (younger than
@@ -11,16 +13,20 @@
 //!
 //! Chunks younger than [`GcOptions::grace`] are kept as well.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use bytes::Bytes;
 use chrono::Utc;
 use futures::StreamExt;
+use geosnap_engine::ChunkId;
+use geosnap_engine::codec::Encoder;
 use geosnap_engine::manifest::Manifest;
 use serde::Serialize;
 
 use crate::bucket::{Bucket, StoreKind};
+use crate::index::{self, FrameRef, PackId, StoreIndex};
+use crate::pack::{self, PackBuilder};
 use crate::region::Regions;
 use crate::{Error, Result, layout};
 
@@ -55,15 +61,20 @@ pub struct GcReport {
     pub store: String,
     /// Manifests read.
     pub manifests: u64,
-    /// Chunk objects found.
+    /// Chunks indexed before gc.
     pub chunks: u64,
     /// Chunks referenced by a manifest.
     pub referenced: u64,
-    /// Chunks deleted (or that would be, in a dry run).
+    /// Chunks no manifest references, dropped from the index (or that would be, in a dry
+    /// run).
     pub deleted: u64,
-    /// Their bytes.
+    /// Bytes given back: packs deleted, and the dead part of packs rewritten.
     pub deleted_bytes: u64,
-    /// Unreferenced chunks kept because they are younger than the grace period.
+    /// Packs deleted whole.
+    pub packs_deleted: u64,
+    /// Packs rewritten without their dead frames.
+    pub packs_repacked: u64,
+    /// Packs no index names, younger than the grace period, kept.
     pub kept_young: u64,
     /// Why the store was skipped, if it was.
     pub skipped: Option<String>,
@@ -101,6 +112,12 @@ pub async fn gc_store(b: &Bucket, opts: &GcOptions) -> Result<GcReport> {
     result.map(|()| report)
 }
 
+/// A frame and its indexed chunks, each marked live or dead.
+type FrameChunks = (FrameRef, Vec<(ChunkId, bool)>);
+
+/// A rewritten pack waits in memory no longer than this before it is uploaded.
+const REPACK_BYTES: usize = 16 << 20;
+
 async fn sweep(b: &Bucket, opts: &GcOptions, report: &mut GcReport) -> Result<()> {
     let skip = |markers: Vec<String>| format!("snapshot {} is being written", markers.join(", "));
     let markers = live_markers(b, opts.marker_ttl).await?;
@@ -108,6 +125,7 @@ async fn sweep(b: &Bucket, opts: &GcOptions, report: &mut GcReport) -> Result<()
         report.skipped = Some(skip(markers));
         return Ok(());
     }
+    // Mark.
     let mut referenced = HashSet::new();
     for id in b.snapshot_ids().await? {
         let bytes = b.get_manifest(&id).await?;
@@ -120,35 +138,153 @@ async fn sweep(b: &Bucket, opts: &GcOptions, report: &mut GcReport) -> Result<()
         referenced.extend(m.chunk_ids());
         report.manifests += 1;
     }
+    let index = StoreIndex::load(b).await?;
+    if let Some((id, why)) = index.damaged.first() {
+        return Err(Error::Engine(geosnap_engine::Error::ManifestCorrupt(
+            format!(
+                "gc stopped in {b}: index object {id} does not decode ({why}); run verify --repair first"
+            ),
+        )));
+    }
+    report.chunks = index.chunks.len() as u64;
+    // Frames by pack, with which of their chunks are live.
+    let mut frames: HashMap<PackId, HashMap<FrameRef, Vec<(ChunkId, bool)>>> = HashMap::new();
+    for (id, f) in &index.chunks {
+        let is_live = referenced.contains(id);
+        frames
+            .entry(f.pack)
+            .or_default()
+            .entry(*f)
+            .or_default()
+            .push((*id, is_live));
+        if is_live {
+            report.referenced += 1;
+        } else {
+            report.deleted += 1;
+        }
+    }
+    // Packs no index names: garbage from a crash, unless young.
     let now = Utc::now();
-    let mut doomed = Vec::new();
-    for meta in b.list(&layout::chunks_prefix()).await? {
-        let Some(id) = layout::parse_chunk(&meta.location) else {
+    let mut doomed: Vec<(Path, u64)> = Vec::new();
+    let mut sizes: HashMap<PackId, u64> = HashMap::new();
+    for meta in b.list(&pack::prefix()).await? {
+        let Some(id) = pack::parse_key(&meta.location) else {
             continue;
         };
-        report.chunks += 1;
-        if referenced.contains(&id) {
-            report.referenced += 1;
-            continue;
+        sizes.insert(id, meta.size);
+        if !frames.contains_key(&id) {
+            let age = (now - meta.last_modified)
+                .to_std()
+                .unwrap_or(Duration::ZERO);
+            if age < opts.grace {
+                report.kept_young += 1;
+            } else {
+                doomed.push((meta.location, meta.size));
+            }
         }
-        let age = (now - meta.last_modified)
-            .to_std()
-            .unwrap_or(Duration::ZERO);
-        if age < opts.grace {
-            report.kept_young += 1;
-            continue;
-        }
-        doomed.push((meta.location, meta.size));
     }
+    // Sweep plan: packs with nothing live go; packs with anything dead are rewritten.
+    let mut rewrite: Vec<(PackId, Vec<FrameChunks>)> = Vec::new();
+    for (pack_id, fr) in &frames {
+        let size = sizes.get(pack_id).copied().unwrap_or(0);
+        let any_live = fr.values().flatten().any(|c| c.1);
+        let any_dead = fr.values().flatten().any(|c| !c.1);
+        if !any_live {
+            doomed.push((pack::key(pack_id), size));
+        } else if any_dead {
+            let mut keep: Vec<_> = fr
+                .iter()
+                .filter(|(_, cs)| cs.iter().any(|c| c.1))
+                .map(|(f, cs)| (*f, cs.clone()))
+                .collect();
+            keep.sort_by_key(|(f, _)| *f);
+            rewrite.push((*pack_id, keep));
+        }
+    }
+    if report.deleted == 0 && doomed.is_empty() && index.objects.len() <= 1 {
+        return Ok(());
+    }
+    if opts.dry_run {
+        report.packs_deleted = doomed.len() as u64;
+        report.packs_repacked = rewrite.len() as u64;
+        report.deleted_bytes = doomed.iter().map(|d| d.1).sum();
+        return Ok(());
+    }
+    // New packs for what is live in rewritten packs: whole frames are copied, frames with
+    // dead chunks are decoded, checked, and re-encoded with only their live chunks.
+    let mut moved: HashMap<ChunkId, FrameRef> = HashMap::new();
+    let mut builder = PackBuilder::new();
+    for (pack_id, keep) in &rewrite {
+        let mut kept = 0u64;
+        for (f, chunks) in keep {
+            let bytes = index::read_frame(b, f).await?;
+            let all_live = chunks.iter().all(|c| c.1);
+            let (table, frame) = if all_live {
+                let table = geosnap_engine::codec::parse_table(&bytes)
+                    .map(|t| t.chunks)
+                    .map_err(Error::Engine)?;
+                (table, bytes)
+            } else {
+                let live: Vec<ChunkId> = chunks.iter().filter(|c| c.1).map(|c| c.0).collect();
+                let f = tokio::task::spawn_blocking(move || reencode(&bytes, &live))
+                    .await
+                    .map_err(|e| Error::Task(e.to_string()))??;
+                (f.chunks, f.bytes)
+            };
+            let new = FrameRef {
+                pack: builder.id(),
+                offset: (builder.len() + 4) as u64,
+                len: frame.len() as u32,
+            };
+            kept += frame.len() as u64 + 4;
+            for (id, _) in &table {
+                moved.insert(*id, new);
+            }
+            builder.push(&table, frame);
+            if builder.len() >= REPACK_BYTES {
+                let (id, parts, _) = std::mem::take(&mut builder).finish();
+                pack::upload(b, &id, parts).await?;
+            }
+        }
+        let old = sizes.get(pack_id).copied().unwrap_or(0);
+        report.deleted_bytes += old.saturating_sub(kept);
+        doomed.push((pack::key(pack_id), 0));
+    }
+    if !builder.is_empty() {
+        let (id, parts, _) = builder.finish();
+        pack::upload(b, &id, parts).await?;
+    }
+    report.packs_repacked = rewrite.len() as u64;
+    let live: Vec<(ChunkId, FrameRef)> = index
+        .chunks
+        .iter()
+        .filter(|(id, _)| referenced.contains(*id))
+        .map(|(id, f)| (*id, *f))
+        .collect();
+    // One index object for everything live, written before anything is deleted.
+    let entries: Vec<index::Entry> = live
+        .iter()
+        .map(|(chunk, f)| {
+            let f = moved.get(chunk).copied().unwrap_or(*f);
+            index::Entry {
+                chunk: *chunk,
+                pack: f.pack,
+                offset: f.offset,
+                len: f.len,
+            }
+        })
+        .collect();
+    b.sync().await?;
+    index::write(b, &entries).await?;
+    b.sync().await?;
+    // A snapshot that started meanwhile may count on what we would delete: stop.
     let markers = live_markers(b, opts.marker_ttl).await?;
     if !markers.is_empty() {
         report.skipped = Some(skip(markers));
         return Ok(());
     }
-    if opts.dry_run {
-        report.deleted = doomed.len() as u64;
-        report.deleted_bytes = doomed.iter().map(|d| d.1).sum();
-        return Ok(());
+    for id in &index.objects {
+        b.delete(&index::key(id)).await?;
     }
     let mut deletions = futures::stream::iter(doomed.into_iter().map(|(key, size)| async move {
         geosnap_engine::failpoint::hit("gc-sweep");
@@ -156,10 +292,30 @@ async fn sweep(b: &Bucket, opts: &GcOptions, report: &mut GcReport) -> Result<()
     }))
     .buffer_unordered(16);
     while let Some(r) = deletions.next().await {
-        report.deleted_bytes += r?;
-        report.deleted += 1;
+        let size = r?;
+        if size > 0 {
+            report.packs_deleted += 1;
+            report.deleted_bytes += size;
+        }
     }
     Ok(())
+}
+
+/// A frame with only `live` of its chunks, each checked against its hash first.
+fn reencode(frame: &[u8], live: &[ChunkId]) -> Result<geosnap_engine::codec::EncodedFrame> {
+    let decoded = crate::reader::decode_frame(frame).map_err(Error::Engine)?;
+    let mut keep = Vec::with_capacity(live.len());
+    for id in live {
+        let data = decoded.verified(id).ok_or_else(|| {
+            Error::Engine(geosnap_engine::Error::ChunkCorrupt {
+                id: *id,
+                detail: "damaged in its frame; gc leaves the pack for verify --repair".into(),
+            })
+        })?;
+        keep.push((*id, data));
+    }
+    let refs: Vec<(ChunkId, &[u8])> = keep.iter().map(|(id, d)| (*id, d.as_ref())).collect();
+    Ok(Encoder::new(geosnap_engine::codec::DEFAULT_LEVEL)?.encode(&refs)?)
 }
 
 /// Collects every store of every region, main and volume; a store that fails is reported

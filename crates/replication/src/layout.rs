@@ -13,9 +13,11 @@
 use geosnap_engine::{ChunkId, SnapshotId};
 use object_store::path::Path;
 
-/// Key of a chunk object.
+/// Key of a chunk object of the first layout (one object per chunk), which packs
+/// replaced; kept for tools that look for strays.
 pub fn chunk(id: &ChunkId) -> Path {
-    Path::from(geosnap_engine::store::chunk_key(id))
+    let hex = id.to_hex();
+    Path::from(format!("chunks/{}/{hex}", &hex[..2]))
 }
 
 /// Prefix under which all chunks live.

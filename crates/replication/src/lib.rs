@@ -18,6 +18,8 @@ mod error;
 
 pub mod bucket;
 pub mod gc;
+pub mod index;
+pub mod pack;
 pub mod layout;
 pub mod reader;
 pub mod region;

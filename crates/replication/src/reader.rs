@@ -4,17 +4,20 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use bytes::Bytes;
+use geosnap_engine::codec::{DecodedFrame, Decoder, Encoder, FRAME_TARGET};
 use geosnap_engine::manifest::{Backing, Manifest};
 use geosnap_engine::restore::{RestoreOptions, RestoreStats, restore_image};
-use geosnap_engine::store::ChunkSource;
+use geosnap_engine::store::{ChunkSource, Fetched};
 use geosnap_engine::{ChunkId, Progress, SnapshotId};
 use serde::Serialize;
 use tokio::runtime::Handle;
 
 use crate::bucket::{Bucket, StoreKind};
+use crate::index::{self, StoreIndex};
+use crate::pack::{self, PackBuilder};
 use crate::region::Regions;
 use crate::{Error, Result, layout};
 
@@ -127,12 +130,16 @@ pub async fn restore_snapshot(
 ) -> Result<RestoreOutcome> {
     let stores = sources(regions, &req)?;
     let (manifest, repaired_manifest) = fetch_manifest(&stores, &req.snapshot).await?;
+    // The preferred store's index is needed to plan; others are read only if needed.
+    let primary_index = StoreIndex::load(&stores[0]).await?;
+    let indexes = stores.iter().map(|_| OnceLock::new()).collect::<Vec<_>>();
+    let _ = indexes[0].set(Some(primary_index));
     let source = Arc::new(RegionSource {
         handle: Handle::current(),
         stores,
+        indexes,
         primary_down: AtomicBool::new(false),
-        repaired: Mutex::default(),
-        unrepaired: Mutex::default(),
+        recovered: Mutex::default(),
     });
     let opts = RestoreOptions {
         overwrite: req.overwrite,
@@ -146,17 +153,92 @@ pub async fn restore_snapshot(
         .await
         .map_err(|e| Error::Task(e.to_string()))??
     };
-    let list = |m: &Mutex<Vec<ChunkId>>| {
-        m.lock()
-            .map(|v| v.iter().map(ChunkId::to_hex).collect())
-            .unwrap_or_default()
-    };
+    // Write what came from elsewhere back into the preferred store: one pack, one index.
+    let recovered = source
+        .recovered
+        .lock()
+        .map(|mut r| std::mem::take(&mut *r))
+        .unwrap_or_default();
+    let ids: Vec<String> = recovered.iter().map(|(id, _)| id.to_hex()).collect();
+    let mut repaired_chunks = Vec::new();
+    let mut unrepaired_chunks = Vec::new();
+    if !recovered.is_empty() {
+        let primary = source.stores[0].clone();
+        let written = if source.primary_down.load(Ordering::Relaxed) {
+            Err(Error::RegionUnavailable {
+                region: primary.to_string(),
+                reason: "it failed during the restore".into(),
+            })
+        } else {
+            store_chunks(&primary, recovered).await
+        };
+        match written {
+            Ok(()) => repaired_chunks = ids,
+            Err(e) => {
+                tracing::warn!(store = %primary, error = %e, "could not repair");
+                unrepaired_chunks = ids;
+            }
+        }
+    }
     Ok(RestoreOutcome {
         region: req.from,
         stats,
-        repaired_chunks: list(&source.repaired),
+        repaired_chunks,
         repaired_manifest,
-        unrepaired_chunks: list(&source.unrepaired),
+        unrepaired_chunks,
+    })
+}
+
+/// Stores verified chunk bytes in `bucket` as new frames in one pack, then an index object
+/// for them (newer than any entry it shadows).
+pub async fn store_chunks(bucket: &Bucket, chunks: Vec<(ChunkId, Bytes)>) -> Result<()> {
+    let frames = tokio::task::spawn_blocking(move || {
+        let mut enc = Encoder::new(geosnap_engine::codec::DEFAULT_LEVEL)?;
+        let mut frames = Vec::new();
+        let mut group: Vec<(ChunkId, &[u8])> = Vec::new();
+        let mut bytes = 0;
+        for (id, data) in &chunks {
+            if bytes + data.len() > FRAME_TARGET && !group.is_empty() {
+                frames.push(enc.encode(&group)?);
+                group.clear();
+                bytes = 0;
+            }
+            group.push((*id, data));
+            bytes += data.len();
+        }
+        if !group.is_empty() {
+            frames.push(enc.encode(&group)?);
+        }
+        Ok::<_, geosnap_engine::Error>(frames)
+    })
+    .await
+    .map_err(|e| Error::Task(e.to_string()))??;
+    let mut builder = PackBuilder::new();
+    for f in frames {
+        builder.push_frame(f);
+    }
+    let (id, parts, entries) = builder.finish();
+    pack::upload(bucket, &id, parts).await?;
+    bucket.sync().await?;
+    index::write(bucket, &entries).await?;
+    bucket.sync().await
+}
+
+thread_local! {
+    static DECODER: std::cell::RefCell<Option<Decoder>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Decodes a frame with this thread's decoder.
+pub fn decode_frame(bytes: &[u8]) -> std::result::Result<DecodedFrame, geosnap_engine::Error> {
+    DECODER.with(|d| {
+        let mut d = d.borrow_mut();
+        if d.is_none() {
+            *d = Some(Decoder::new()?);
+        }
+        match d.as_mut() {
+            Some(dec) => dec.decode(bytes),
+            None => Err(geosnap_engine::Error::Codec("no decoder".into())),
+        }
     })
 }
 
@@ -164,47 +246,95 @@ pub async fn restore_snapshot(
 struct RegionSource {
     handle: Handle,
     stores: Vec<Bucket>,
+    indexes: Vec<OnceLock<Option<StoreIndex>>>,
     primary_down: AtomicBool,
-    repaired: Mutex<Vec<ChunkId>>,
-    unrepaired: Mutex<Vec<ChunkId>>,
+    recovered: Mutex<Vec<(ChunkId, Bytes)>>,
+}
+
+impl RegionSource {
+    /// The index of store `n`, read on first use; `None` if it cannot be read.
+    fn index(&self, n: usize) -> Option<&StoreIndex> {
+        self.indexes[n]
+            .get_or_init(
+                || match self.handle.block_on(StoreIndex::load(&self.stores[n])) {
+                    Ok(i) => Some(i),
+                    Err(e) => {
+                        tracing::warn!(store = %self.stores[n], error = %e, "index unreadable");
+                        None
+                    }
+                },
+            )
+            .as_ref()
+    }
 }
 
 impl ChunkSource for RegionSource {
-    fn fetch(
-        &self,
-        id: &ChunkId,
-        attempt: u32,
-    ) -> std::result::Result<Option<Bytes>, geosnap_engine::Error> {
-        let Some(store) = self.stores.get(attempt as usize) else {
-            return Ok(None);
+    fn plan(&self, ids: &[ChunkId]) -> Vec<Vec<ChunkId>> {
+        let Some(index) = self.index(0) else {
+            return ids.iter().map(|id| vec![*id]).collect();
         };
-        if attempt == 0 && self.primary_down.load(Ordering::Relaxed) {
-            return Err(geosnap_engine::Error::store(Error::RegionUnavailable {
-                region: store.to_string(),
-                reason: "it failed earlier in this restore".into(),
-            }));
-        }
-        match self.handle.block_on(store.get_chunk(id)) {
-            Ok(b) => Ok(Some(b)),
-            Err(e) => {
-                if attempt == 0 && matches!(e, Error::RegionUnavailable { .. }) {
-                    self.primary_down.store(true, Ordering::Relaxed);
-                }
-                Err(geosnap_engine::Error::store(e))
-            }
-        }
+        let (frames, unknown) = index.by_frame(ids);
+        frames
+            .into_iter()
+            .map(|(_, ids)| ids)
+            .chain(unknown.into_iter().map(|id| vec![id]))
+            .collect()
     }
 
-    fn recovered(&self, id: &ChunkId, _attempt: u32, object: &Bytes) {
-        let primary = &self.stores[0];
-        let ok = !self.primary_down.load(Ordering::Relaxed)
-            && self
-                .handle
-                .block_on(primary.put(&layout::chunk(id), object.clone()))
-                .is_ok();
-        let list = if ok { &self.repaired } else { &self.unrepaired };
-        if let Ok(mut l) = list.lock() {
-            l.push(*id);
+    fn fetch(
+        &self,
+        ids: &[ChunkId],
+        attempt: u32,
+    ) -> std::result::Result<Option<Fetched>, geosnap_engine::Error> {
+        let n = attempt as usize;
+        let Some(store) = self.stores.get(n) else {
+            return Ok(None);
+        };
+        let unavailable = |reason: String| {
+            geosnap_engine::Error::store(Error::RegionUnavailable {
+                region: store.to_string(),
+                reason,
+            })
+        };
+        if n == 0 && self.primary_down.load(Ordering::Relaxed) {
+            return Err(unavailable("it failed earlier in this restore".into()));
+        }
+        let Some(index) = self.index(n) else {
+            return Err(unavailable("its index cannot be read".into()));
+        };
+        let (frames, unknown) = index.by_frame(ids);
+        if let Some(id) = unknown.first()
+            && frames.is_empty()
+        {
+            return Err(geosnap_engine::Error::store(Error::ChunkMissing {
+                id: *id,
+                region: store.to_string(),
+            }));
+        }
+        let mut out = Vec::with_capacity(ids.len());
+        for (frame, wanted) in frames {
+            let bytes = match self.handle.block_on(index::read_frame(store, &frame)) {
+                Ok(b) => b,
+                Err(e) => {
+                    if n == 0 && matches!(e, Error::RegionUnavailable { .. }) {
+                        self.primary_down.store(true, Ordering::Relaxed);
+                    }
+                    return Err(geosnap_engine::Error::store(e));
+                }
+            };
+            let decoded =
+                decode_frame(&bytes).map_err(|e| geosnap_engine::Error::ChunkUnreadable {
+                    id: wanted[0],
+                    detail: format!("its frame in {store} does not decode: {e}"),
+                })?;
+            out.extend(decoded.chunks().filter(|(id, _)| wanted.contains(id)));
+        }
+        Ok(Some(out))
+    }
+
+    fn recovered(&self, id: &ChunkId, _attempt: u32, data: &Bytes) {
+        if let Ok(mut r) = self.recovered.lock() {
+            r.push((*id, data.clone()));
         }
     }
 }

@@ -129,21 +129,24 @@ fn open_store(
 /// Knobs of replicated writes.
 #[derive(Clone, Copy, Debug)]
 pub struct Tuning {
-    /// Concurrent uploads per store.
+    /// Packs uploaded at once per store (also chunk copies at once in repair).
     pub upload_concurrency: usize,
     /// Encoded bytes that may wait for one store before it holds the others back.
     pub buffer_bytes: usize,
     /// How long a store may keep its buffer full while others have room before it is cut
     /// loose (its chunks then come from a replication job).
     pub detach_after: std::time::Duration,
+    /// Size a pack is filled to before it is uploaded.
+    pub pack_bytes: usize,
 }
 
 impl Default for Tuning {
     fn default() -> Self {
         Tuning {
-            upload_concurrency: 32,
+            upload_concurrency: 4,
             buffer_bytes: 64 << 20,
             detach_after: std::time::Duration::from_secs(2),
+            pack_bytes: 16 << 20,
         }
     }
 }

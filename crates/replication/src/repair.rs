@@ -2,17 +2,18 @@
 //! jobs, repair after an outage), verify a store chunk by chunk, and delete snapshots
 //! everywhere with tombstones so repair never brings them back.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use bytes::Bytes;
 use futures::StreamExt;
-use geosnap_engine::codec::Decoder;
 use geosnap_engine::manifest::{Backing, Extent, Manifest};
 use geosnap_engine::{ChunkId, SnapshotId};
 use serde::Serialize;
 
 use crate::bucket::{Bucket, StoreKind};
-use crate::reader::fetch_manifest;
+use crate::index::{self, FrameRef, PackId, StoreIndex};
+use crate::pack::{self, PackBuilder};
+use crate::reader::{decode_frame, fetch_manifest};
 use crate::region::Regions;
 use crate::{Error, Result, layout};
 
@@ -27,42 +28,110 @@ pub struct ReplicateReport {
     pub manifest_written: bool,
 }
 
-/// Verifies an encoded chunk off the reactor.
-async fn verify_object(id: ChunkId, object: Bytes, len: Option<usize>) -> Result<Bytes> {
-    tokio::task::spawn_blocking(move || {
-        let mut out = Vec::new();
-        Decoder::new()?.decode_into(&id, &object, len, &mut out)?;
-        Ok::<_, geosnap_engine::Error>(object)
-    })
-    .await
-    .map_err(|e| Error::Task(e.to_string()))?
-    .map_err(Error::Engine)
+/// Verified bytes of `wanted` chunks, gathered from `sources` frame by frame: a frame that
+/// verifies whole is returned as is (so it can be copied without recompressing); chunks of
+/// damaged frames are taken one by one when they verify, and looked for further on.
+#[derive(Debug)]
+pub struct Gathered {
+    /// Whole frames that verified, with their tables.
+    pub frames: Vec<(Vec<(ChunkId, u32)>, Bytes)>,
+    /// Single chunks that verified where their frame did not.
+    pub loose: Vec<(ChunkId, Bytes)>,
+    /// Chunks no source had a good copy of.
+    pub missing: Vec<ChunkId>,
 }
 
-/// A verified copy of `id` from the first of `sources` that has a good one.
-async fn fetch_good_chunk(sources: &[Bucket], id: &ChunkId, len: Option<usize>) -> Result<Bytes> {
-    let mut first_err = None;
-    for s in sources {
-        match s.get_chunk(id).await {
-            Ok(obj) => match verify_object(*id, obj, len).await {
-                Ok(obj) => return Ok(obj),
-                Err(e) => {
-                    first_err.get_or_insert(e);
+/// Finds good copies of `wanted` in `sources`, in order.
+pub async fn gather(sources: &[Bucket], wanted: HashSet<ChunkId>, concurrency: usize) -> Gathered {
+    let mut remaining = wanted;
+    let mut out = Gathered {
+        frames: Vec::new(),
+        loose: Vec::new(),
+        missing: Vec::new(),
+    };
+    for src in sources {
+        if remaining.is_empty() {
+            break;
+        }
+        let Ok(idx) = StoreIndex::load(src).await else {
+            continue;
+        };
+        let ids: Vec<ChunkId> = remaining.iter().copied().collect();
+        let (frames, _) = idx.by_frame(&ids);
+        let results = futures::stream::iter(frames.into_iter().map(|(frame, want)| async move {
+            let bytes = index::read_frame(src, &frame).await.ok()?;
+            let checked = tokio::task::spawn_blocking(move || {
+                let decoded = decode_frame(&bytes).ok()?;
+                let whole = decoded.chunks().all(|(id, b)| ChunkId::of(&b) == id);
+                if whole {
+                    return Some((Some((decoded.table.chunks.clone(), bytes)), Vec::new()));
                 }
-            },
-            Err(e) => {
-                first_err.get_or_insert(e);
+                let good: Vec<(ChunkId, Bytes)> = want
+                    .iter()
+                    .filter_map(|id| decoded.verified(id).map(|b| (*id, b)))
+                    .collect();
+                Some((None, good))
+            })
+            .await
+            .ok()??;
+            Some(checked)
+        }))
+        .buffer_unordered(concurrency.max(1))
+        .collect::<Vec<_>>()
+        .await;
+        for (frame, loose) in results.into_iter().flatten() {
+            if let Some((table, bytes)) = frame {
+                for (id, _) in &table {
+                    remaining.remove(id);
+                }
+                out.frames.push((table, bytes));
+            }
+            for (id, b) in loose {
+                if remaining.remove(&id) {
+                    out.loose.push((id, b));
+                }
             }
         }
     }
-    Err(first_err.unwrap_or(Error::ChunkMissing {
-        id: *id,
-        region: "any region".into(),
-    }))
+    out.missing = remaining.into_iter().collect();
+    out
 }
 
-/// Copies snapshot `id` into the main store of region `to`: the chunks it lacks (each
-/// verified before it is written), then the manifest. Idempotent.
+/// Writes gathered chunks into `target`: whole frames copied into packs, loose chunks
+/// re-encoded; then one index object. Returns the chunks and bytes written.
+pub async fn store_gathered(target: &Bucket, g: Gathered, pack_bytes: usize) -> Result<(u64, u64)> {
+    let mut entries = Vec::new();
+    let mut builder = PackBuilder::new();
+    let (mut chunks, mut bytes) = (0u64, 0u64);
+    for (table, frame) in g.frames {
+        chunks += table.len() as u64;
+        bytes += frame.len() as u64;
+        builder.push(&table, frame);
+        if builder.len() >= pack_bytes {
+            let (id, parts, e) = std::mem::take(&mut builder).finish();
+            pack::upload(target, &id, parts).await?;
+            entries.extend(e);
+        }
+    }
+    if !builder.is_empty() {
+        let (id, parts, e) = builder.finish();
+        pack::upload(target, &id, parts).await?;
+        entries.extend(e);
+    }
+    if !g.loose.is_empty() {
+        chunks += g.loose.len() as u64;
+        bytes += g.loose.iter().map(|c| c.1.len() as u64).sum::<u64>();
+        crate::reader::store_chunks(target, g.loose).await?;
+    }
+    if !entries.is_empty() {
+        target.sync().await?;
+        index::write(target, &entries).await?;
+    }
+    Ok((chunks, bytes))
+}
+
+/// Copies snapshot `id` into the main store of region `to`: the chunks it lacks (every
+/// frame verified before it is written), then the manifest. Idempotent.
 pub async fn replicate_snapshot(
     regions: &Regions,
     id: &SnapshotId,
@@ -72,32 +141,25 @@ pub async fn replicate_snapshot(
     let sources = regions.others(to);
     let mut report = ReplicateReport::default();
     let (manifest, _) = fetch_manifest(&sources, id).await?;
-    let held = target.chunk_ids().await?;
-    let lengths = chunk_lengths(&manifest);
-    let missing: Vec<(ChunkId, usize)> = lengths
-        .iter()
-        .filter(|(id, _)| !held.contains(id))
-        .map(|(id, len)| (*id, *len))
+    let held = StoreIndex::load(&target).await?;
+    let missing: HashSet<ChunkId> = manifest
+        .chunk_ids()
+        .into_iter()
+        .filter(|c| !held.contains(c))
         .collect();
-    let concurrency = regions.tuning.upload_concurrency;
-    let mut copies = futures::stream::iter(missing.into_iter().map(|(cid, len)| {
-        let (sources, target) = (&sources, &target);
-        async move {
-            let obj = fetch_good_chunk(sources, &cid, Some(len)).await?;
-            let n = obj.len() as u64;
-            target.put(&layout::chunk(&cid), obj).await?;
-            Ok::<_, Error>(n)
+    if !missing.is_empty() {
+        let g = gather(&sources, missing, regions.tuning.upload_concurrency).await;
+        if let Some(first) = g.missing.first() {
+            return Err(Error::ChunkMissing {
+                id: *first,
+                region: "every other region".into(),
+            });
         }
-    }))
-    .buffer_unordered(concurrency);
-    while let Some(r) = copies.next().await {
-        report.copied_bytes += r?;
-        report.copied_chunks += 1;
-        if report.copied_chunks == 2 {
-            geosnap_engine::failpoint::hit("replicate-some-chunks");
-        }
+        geosnap_engine::failpoint::hit("replicate-some-chunks");
+        let (chunks, bytes) = store_gathered(&target, g, regions.tuning.pack_bytes).await?;
+        report.copied_chunks = chunks;
+        report.copied_bytes = bytes;
     }
-    drop(copies);
     target.sync().await?;
     if !target.exists(&layout::manifest(id)).await? {
         target
@@ -181,10 +243,18 @@ pub struct VerifyReport {
     pub store: String,
     /// Manifests read.
     pub manifests: u64,
-    /// Chunk objects read and hashed.
+    /// Chunks indexed (each hashed inside its frame).
     pub chunks_checked: u64,
-    /// Their encoded bytes.
+    /// Packs read whole.
+    pub packs_checked: u64,
+    /// Bytes read.
     pub bytes_checked: u64,
+    /// Packs whose structure is damaged (a frame that does not decode, a bad header).
+    pub corrupt_packs: Vec<String>,
+    /// Packs the index points into that are gone.
+    pub missing_packs: Vec<String>,
+    /// Index objects that do not decode.
+    pub corrupt_indexes: Vec<String>,
     /// Manifests that do not decode.
     pub corrupt_manifests: Vec<String>,
     /// Referenced chunks that are absent.
@@ -198,18 +268,25 @@ pub struct VerifyReport {
 }
 
 impl VerifyReport {
-    /// Whether nothing is wrong (after repairs).
+    /// Whether nothing is wrong, or everything wrong was repaired.
     pub fn is_clean(&self) -> bool {
         self.unrepaired.is_empty()
-            && (self.repaired.len()
-                == self.corrupt_chunks.len()
-                    + self.missing_chunks.len()
-                    + self.corrupt_manifests.len())
+    }
+
+    /// Whether anything was found wrong (repaired or not).
+    pub fn found_damage(&self) -> bool {
+        !(self.corrupt_manifests.is_empty()
+            && self.missing_chunks.is_empty()
+            && self.corrupt_chunks.is_empty()
+            && self.corrupt_packs.is_empty()
+            && self.missing_packs.is_empty()
+            && self.corrupt_indexes.is_empty())
     }
 }
 
-/// Reads every manifest and every chunk they reference in one store of region `name`,
-/// checks every hash, and with `repair` fixes damage from other regions' copies.
+/// Reads every manifest, index object and pack of one store of region `name`, checks the
+/// packs' structure and every chunk's SHA-256, and that every chunk a manifest names is
+/// indexed and whole. With `repair`, damage is fixed from other regions' copies.
 pub async fn verify_store(
     regions: &Regions,
     name: &str,
@@ -225,7 +302,8 @@ pub async fn verify_store(
         store: store.to_string(),
         ..Default::default()
     };
-    let mut lengths: BTreeMap<ChunkId, usize> = BTreeMap::new();
+    // Manifests: what must be there.
+    let mut wanted: BTreeMap<ChunkId, usize> = BTreeMap::new();
     for id in store.snapshot_ids().await? {
         report.manifests += 1;
         let decoded = match store.get_manifest(&id).await {
@@ -233,7 +311,7 @@ pub async fn verify_store(
             Err(e) => Err(e),
         };
         match decoded {
-            Ok(m) => lengths.extend(chunk_lengths(&m)),
+            Ok(m) => wanted.extend(chunk_lengths(&m)),
             Err(e) => {
                 report.corrupt_manifests.push(format!("{id}: {e}"));
                 if repair && !others.is_empty() {
@@ -242,7 +320,7 @@ pub async fn verify_store(
                             store
                                 .put(&layout::manifest(&id), Bytes::from(m.encode()?))
                                 .await?;
-                            lengths.extend(chunk_lengths(&m));
+                            wanted.extend(chunk_lengths(&m));
                             report.repaired.push(format!("manifest {id}"));
                         }
                         Err(e) => report.unrepaired.push(format!("manifest {id}: {e}")),
@@ -253,58 +331,181 @@ pub async fn verify_store(
             }
         }
     }
-    let held = store.chunk_ids().await?;
-    let checks = futures::stream::iter(lengths.into_iter().map(|(cid, len)| {
-        let (store, held) = (&store, &held);
+    // The index: what is there, and where.
+    let index = StoreIndex::load(&store).await?;
+    for (id, why) in &index.damaged {
+        report.corrupt_indexes.push(format!("{id}: {why}"));
+    }
+    // Every pack the index points into, walked whole and every frame decoded.
+    let mut packs: BTreeMap<PackId, Vec<FrameRef>> = BTreeMap::new();
+    for f in index.chunks.values() {
+        packs.entry(f.pack).or_default().push(*f);
+    }
+    // Chunks whole at the frame the index names.
+    let mut good: HashSet<(ChunkId, PackId, u64)> = HashSet::new();
+    let checks = futures::stream::iter(packs.into_iter().map(|(pack_id, frames)| {
+        let store = &store;
         async move {
-            if !held.contains(&cid) {
-                return (cid, len, Err(None));
-            }
-            match store.get_chunk(&cid).await {
-                Ok(obj) => {
-                    let n = obj.len() as u64;
-                    match verify_object(cid, obj, Some(len)).await {
-                        Ok(_) => (cid, len, Ok(n)),
-                        Err(e) => (cid, len, Err(Some(e))),
-                    }
-                }
-                Err(e) if e.is_not_found() => (cid, len, Err(None)),
-                Err(e) => (cid, len, Err(Some(e))),
+            let bytes = match store.get(&pack::key(&pack_id)).await {
+                Ok(b) => b,
+                Err(e) if e.is_not_found() => return (pack_id, frames, Err(None)),
+                Err(e) => return (pack_id, frames, Err(Some(e))),
+            };
+            let n = bytes.len() as u64;
+            let checked = tokio::task::spawn_blocking(move || check_pack(&bytes)).await;
+            match checked {
+                Ok(c) => (pack_id, frames, Ok((n, c))),
+                Err(e) => (pack_id, frames, Err(Some(Error::Task(e.to_string())))),
             }
         }
     }))
-    .buffer_unordered(8)
+    .buffer_unordered(4)
     .collect::<Vec<_>>()
     .await;
-    for (cid, len, result) in checks {
+    for (pack_id, frames, result) in checks {
         match result {
-            Ok(n) => {
-                report.chunks_checked += 1;
+            Ok((n, checked)) => {
+                report.packs_checked += 1;
                 report.bytes_checked += n;
-                continue;
+                if let Some(why) = &checked.structure {
+                    report.corrupt_packs.push(format!("{pack_id}: {why}"));
+                }
+                // A frame the index still points at must decode; superseded ones are
+                // garbage for gc.
+                let mut bad_frames = Vec::new();
+                for f in &frames {
+                    match checked.frames.get(&f.offset) {
+                        Some(Ok(whole)) => {
+                            good.extend(whole.iter().map(|id| (*id, pack_id, f.offset)));
+                        }
+                        Some(Err(why)) => bad_frames.push(format!("frame at {}: {why}", f.offset)),
+                        None if checked.structure.is_none() => {
+                            bad_frames.push(format!("no frame at byte {}", f.offset));
+                        }
+                        None => {}
+                    }
+                }
+                bad_frames.sort();
+                bad_frames.dedup();
+                for why in bad_frames {
+                    report.corrupt_packs.push(format!("{pack_id}: {why}"));
+                }
             }
-            Err(None) => report.missing_chunks.push(cid.to_hex()),
+            Err(None) => report.missing_packs.push(pack_id.to_hex()),
             Err(Some(Error::RegionUnavailable { region, reason })) => {
                 return Err(Error::RegionUnavailable { region, reason });
             }
-            Err(Some(_)) => {
-                report.chunks_checked += 1;
-                report.corrupt_chunks.push(cid.to_hex());
-            }
-        }
-        if repair && !others.is_empty() {
-            match fetch_good_chunk(&others, &cid, Some(len)).await {
-                Ok(obj) => {
-                    store.put(&layout::chunk(&cid), obj).await?;
-                    report.repaired.push(format!("chunk {cid}"));
-                }
-                Err(e) => report.unrepaired.push(format!("chunk {cid}: {e}")),
-            }
-        } else {
-            report.unrepaired.push(format!("chunk {cid}"));
+            Err(Some(e)) => report.corrupt_packs.push(format!("{pack_id}: {e}")),
         }
     }
+    report.chunks_checked = index.chunks.len() as u64;
+    let mut broken: HashSet<ChunkId> = HashSet::new();
+    for (id, f) in &index.chunks {
+        let whole = good.contains(&(*id, f.pack, f.offset));
+        if !whole && wanted.contains_key(id) {
+            if report.missing_packs.contains(&f.pack.to_hex()) {
+                report.missing_chunks.push(id.to_hex());
+            } else {
+                report.corrupt_chunks.push(id.to_hex());
+            }
+            broken.insert(*id);
+        }
+    }
+    for id in wanted.keys() {
+        if !index.contains(id) {
+            report.missing_chunks.push(id.to_hex());
+            broken.insert(*id);
+        }
+    }
+    let structural = report.corrupt_packs.len() + report.corrupt_indexes.len();
+    if repair {
+        if !broken.is_empty() {
+            if others.is_empty() {
+                report
+                    .unrepaired
+                    .extend(broken.iter().map(|c| format!("chunk {c}: no other copy")));
+            } else {
+                let g = gather(&others, broken.clone(), regions.tuning.upload_concurrency).await;
+                for c in &g.missing {
+                    report
+                        .unrepaired
+                        .push(format!("chunk {c}: no good copy anywhere"));
+                }
+                let fixed: Vec<ChunkId> = broken
+                    .iter()
+                    .filter(|c| !g.missing.contains(c))
+                    .copied()
+                    .collect();
+                store_gathered(&store, g, regions.tuning.pack_bytes).await?;
+                report
+                    .repaired
+                    .extend(fixed.iter().map(|c| format!("chunk {c}")));
+            }
+        }
+        // Damaged packs and index objects whose good content is indexed elsewhere now can
+        // be dropped by gc; their chunks were re-stored above or are whole in them.
+        if structural > 0 && report.unrepaired.is_empty() {
+            report.repaired.extend(
+                report
+                    .corrupt_packs
+                    .iter()
+                    .map(|p| format!("pack {p} (superseded)")),
+            );
+            report.repaired.extend(
+                report
+                    .corrupt_indexes
+                    .iter()
+                    .map(|p| format!("index {p} (superseded)")),
+            );
+        }
+    } else {
+        report
+            .unrepaired
+            .extend(broken.iter().map(|c| format!("chunk {c}")));
+        report
+            .unrepaired
+            .extend(report.corrupt_packs.iter().map(|p| format!("pack {p}")));
+        report
+            .unrepaired
+            .extend(report.corrupt_indexes.iter().map(|p| format!("index {p}")));
+    }
+    report.missing_chunks.sort();
+    report.corrupt_chunks.sort();
     Ok(report)
+}
+
+/// What walking one pack found.
+struct PackCheck {
+    /// Per frame offset: the chunks whole in it, or why it does not decode.
+    frames: HashMap<u64, std::result::Result<Vec<ChunkId>, String>>,
+    /// Where the pack's structure breaks, if it does.
+    structure: Option<String>,
+}
+
+fn check_pack(bytes: &Bytes) -> PackCheck {
+    let mut c = PackCheck {
+        frames: HashMap::new(),
+        structure: None,
+    };
+    let frames = match pack::walk(bytes) {
+        Ok(f) => f,
+        Err(why) => {
+            c.structure = Some(why);
+            return c;
+        }
+    };
+    for f in frames {
+        let result = match decode_frame(&f.bytes) {
+            Ok(d) => Ok(d
+                .chunks()
+                .filter(|(id, b)| ChunkId::of(b) == *id)
+                .map(|(id, _)| id)
+                .collect()),
+            Err(e) => Err(e.to_string()),
+        };
+        c.frames.insert(f.offset, result);
+    }
+    c
 }
 
 /// Deletes a snapshot: a tombstone, then the manifest, in every store that may hold it.

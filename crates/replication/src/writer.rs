@@ -1,10 +1,12 @@
 //! Replicated snapshot writes.
 //!
-//! Per target store: list what it holds, drop an in-flight marker, receive the chunks it
-//! lacks (concurrently with the other stores), flush, then the manifest. A manifest is
-//! written only to stores that hold every chunk, and only if at least the quorum of them
-//! do; otherwise no manifest is left anywhere. A store whose buffer stays full while the
-//! others keep up is cut loose (if the quorum allows) and owed a replication job.
+//! Per target store: drop an in-flight marker, read its index to learn what it holds,
+//! receive frames of the chunks it lacks packed into large objects (concurrently with the
+//! other stores), then an index object for those packs, a flush, and the manifest. A
+//! manifest is written only to stores that hold every chunk, and only if at least the
+//! quorum of them do; otherwise no manifest is left anywhere. A store whose buffer stays
+//! full while the others keep up is cut loose (if the quorum allows) and owed a
+//! replication job.
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -13,7 +15,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures::StreamExt;
+
+use crate::index::{self, Entry, StoreIndex};
+use crate::pack::{self, PackBuilder};
+use geosnap_engine::codec::EncodedFrame;
 use geosnap_engine::image::Image;
 use geosnap_engine::manifest::{Manifest, SnapshotMeta};
 use geosnap_engine::snapshot::{SnapshotOptions, SnapshotStats, snapshot_image};
@@ -81,7 +86,7 @@ pub async fn write_snapshot(
             b.put(&layout::inflight(&id), Bytes::from(now().to_string()))
                 .await?;
             crate::gc::wait_for_gc(&b).await?;
-            b.chunk_ids().await
+            Ok::<_, Error>(StoreIndex::load(&b).await?.ids())
         }
         .await;
         Target::new(b, ready, &tuning)
@@ -104,7 +109,7 @@ pub async fn write_snapshot(
         .iter()
         .map(|t| {
             let rx = t.take_receiver();
-            tokio::spawn(upload(t.clone(), rx, tuning.upload_concurrency))
+            tokio::spawn(upload(t.clone(), rx, tuning))
         })
         .collect();
 
@@ -156,16 +161,40 @@ pub async fn write_snapshot(
             u.abort();
         }
     }
+    let mut entries = Vec::with_capacity(targets.len());
     for (t, u) in targets.iter().zip(uploaders) {
-        if !t.detached.load(Ordering::SeqCst) && u.await.is_err() {
-            t.fail("upload task failed".into());
-        }
+        let got = if t.detached.load(Ordering::SeqCst) {
+            Vec::new()
+        } else {
+            match u.await {
+                Ok(e) => e,
+                Err(_) => {
+                    t.fail("upload task failed".into());
+                    Vec::new()
+                }
+            }
+        };
+        entries.push(got);
     }
-    futures::future::join_all(targets.iter().filter(|t| t.active()).map(|t| async move {
-        if let Err(e) = t.bucket.sync().await {
-            t.fail(e.to_string());
-        }
-    }))
+    // The packs are durable; now the index that finds their chunks, then a flush.
+    futures::future::join_all(
+        targets
+            .iter()
+            .zip(&entries)
+            .filter(|(t, _)| t.active())
+            .map(|(t, entries)| async move {
+                let r = async {
+                    if !entries.is_empty() {
+                        index::write(&t.bucket, entries).await?;
+                    }
+                    t.bucket.sync().await
+                }
+                .await;
+                if let Err(e) = r {
+                    t.fail(e.to_string());
+                }
+            }),
+    )
     .await;
     if let Err(e) = check_quorum(&targets, quorum) {
         cleanup(&targets, &id, false).await;
@@ -263,7 +292,7 @@ fn check_quorum(targets: &[Arc<Target>], quorum: usize) -> Result<()> {
     })
 }
 
-fn abort(uploaders: &[tokio::task::JoinHandle<()>]) {
+fn abort<T>(uploaders: &[tokio::task::JoinHandle<T>]) {
     for u in uploaders {
         u.abort();
     }
@@ -281,9 +310,8 @@ async fn cleanup(targets: &[Arc<Target>], id: &geosnap_engine::SnapshotId, manif
 }
 
 struct Upload {
-    id: ChunkId,
-    object: Bytes,
-    _permit: OwnedSemaphorePermit,
+    frame: EncodedFrame,
+    permit: OwnedSemaphorePermit,
 }
 
 /// One store being written.
@@ -384,28 +412,73 @@ impl Target {
     }
 }
 
-/// Uploads queued chunks of one store, `concurrency` at a time, until the queue closes.
-async fn upload(t: Arc<Target>, mut rx: mpsc::UnboundedReceiver<Upload>, concurrency: usize) {
-    let queue = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
-    queue
-        .for_each_concurrent(concurrency, |u| {
-            let t = t.clone();
-            async move {
-                if t.failed.load(Ordering::SeqCst) {
-                    return;
-                }
-                let n = u.object.len() as u64;
-                match t.bucket.put(&layout::chunk(&u.id), u.object).await {
-                    Ok(()) => {
-                        if t.uploaded_bytes.fetch_add(n, Ordering::Relaxed) > 1 << 20 {
-                            geosnap_engine::failpoint::hit("snapshot-some-chunks");
-                        }
+/// Packs the frames queued for one store and uploads each pack once it is large enough,
+/// `tuning.upload_concurrency` packs at a time; returns the index entries of every pack
+/// written (empty if the store failed).
+async fn upload(
+    t: Arc<Target>,
+    mut rx: mpsc::UnboundedReceiver<Upload>,
+    tuning: Tuning,
+) -> Vec<Entry> {
+    let mut builder = PackBuilder::new();
+    let mut permits = Vec::new();
+    let mut entries = Vec::new();
+    // Uploads run as tasks of their own: they progress while this loop waits for frames.
+    let mut inflight = tokio::task::JoinSet::new();
+    let send = |builder: PackBuilder, permits: Vec<OwnedSemaphorePermit>| {
+        let t = t.clone();
+        async move {
+            let (id, parts, e) = builder.finish();
+            let n: u64 = parts.iter().map(|p| p.len() as u64).sum();
+            let r = pack::upload(&t.bucket, &id, parts).await;
+            drop(permits);
+            match r {
+                Ok(()) => {
+                    if t.uploaded_bytes.fetch_add(n, Ordering::Relaxed) + n > 1 << 20 {
+                        geosnap_engine::failpoint::hit("snapshot-some-chunks");
                     }
-                    Err(e) => t.fail(e.to_string()),
+                    Some(e)
+                }
+                Err(e) => {
+                    t.fail(e.to_string());
+                    None
                 }
             }
-        })
-        .await;
+        }
+    };
+    while let Some(u) = rx.recv().await {
+        if t.failed.load(Ordering::SeqCst) {
+            continue;
+        }
+        builder.push_frame(u.frame);
+        permits.push(u.permit);
+        // A pack never waits for more than a quarter of the buffer: its frames hold that
+        // buffer until it is uploaded.
+        if builder.len() >= tuning.pack_bytes.min(tuning.buffer_bytes / 4).max(1) {
+            let full = std::mem::take(&mut builder);
+            inflight.spawn(send(full, std::mem::take(&mut permits)));
+            while inflight.len() >= tuning.upload_concurrency.max(1) {
+                if let Some(Ok(Some(e))) = inflight.join_next().await {
+                    entries.extend(e);
+                }
+            }
+        }
+    }
+    if !builder.is_empty() && !t.failed.load(Ordering::SeqCst) {
+        inflight.spawn(send(builder, permits));
+    }
+    while let Some(done) = inflight.join_next().await {
+        match done {
+            Ok(Some(e)) => entries.extend(e),
+            Ok(None) => {}
+            Err(e) => t.fail(format!("pack upload task failed: {e}")),
+        }
+    }
+    if t.failed.load(Ordering::SeqCst) {
+        Vec::new()
+    } else {
+        entries
+    }
 }
 
 /// The engine's view of the target stores.
@@ -482,20 +555,19 @@ impl ChunkSink for Sink {
                 .unwrap_or(true)
     }
 
-    fn put(&self, id: ChunkId, object: Bytes) -> std::result::Result<(), geosnap_engine::Error> {
+    fn put_frame(&self, frame: EncodedFrame) -> std::result::Result<(), geosnap_engine::Error> {
         for t in &self.targets {
-            if !t.active() || t.held.contains(&id) {
+            if !t.active() || frame.chunks.iter().all(|(id, _)| t.held.contains(id)) {
                 continue;
             }
-            let Some(permit) = self.reserve(t, object.len()) else {
+            let Some(permit) = self.reserve(t, frame.bytes.len()) else {
                 continue;
             };
             let sent = t.tx.lock().ok().and_then(|tx| {
                 tx.as_ref().map(|tx| {
                     tx.send(Upload {
-                        id,
-                        object: object.clone(),
-                        _permit: permit,
+                        frame: frame.clone(),
+                        permit,
                     })
                 })
             });

@@ -11,13 +11,14 @@ use geosnap_engine::imagegen::{Profile, generate};
 use geosnap_engine::manifest::{Backing, SnapshotMeta};
 use geosnap_engine::snapshot::SnapshotOptions;
 use geosnap_engine::{NoProgress, SnapshotId};
+use geosnap_replication::index::StoreIndex;
 use geosnap_replication::reader::{RestoreRequest, restore_snapshot};
 use geosnap_replication::region::{Region, RegionSpec, Regions};
 use geosnap_replication::repair::{repair_region, replicate_snapshot, verify_store};
 use geosnap_replication::retry::RetryPolicy;
 use geosnap_replication::simulator::{FaultConfig, corrupt_objects, lose_objects};
 use geosnap_replication::writer::{ReplicaOutcome, WriteRequest, write_snapshot};
-use geosnap_replication::{Error, StoreKind, layout};
+use geosnap_replication::{Error, StoreKind, layout, pack};
 use object_store::ObjectStore;
 
 const NAMES: [&str; 3] = ["it-1", "de-1", "nl-1"];
@@ -44,7 +45,10 @@ fn regions(dir: &Path) -> Regions {
             Region::open(&spec, FaultConfig::default(), quick_retry()).unwrap()
         })
         .collect();
-    Regions::new(list, 2).unwrap()
+    let mut r = Regions::new(list, 2).unwrap();
+    // Small packs, so that damage to one pack is damage to a few chunks.
+    r.tuning.pack_bytes = 256 << 10;
+    r
 }
 
 fn meta(backing: Backing) -> SnapshotMeta {
@@ -254,19 +258,26 @@ async fn damaged_region_restores_byte_identical_and_is_repaired() {
     let img = image(dir.path(), 48 << 20);
     let out = take(&regions, &img, meta(Backing::Image)).await.unwrap();
     let id = out.manifest.header.meta.id;
-    let de = regions
-        .get("de-1")
-        .unwrap()
-        .bucket(StoreKind::Main)
-        .store
-        .clone();
-    let corrupted = corrupt_objects(&*de, &layout::chunks_prefix(), 0.01, 11)
+    let de_bucket = regions.get("de-1").unwrap().bucket(StoreKind::Main).clone();
+    let de = de_bucket.store.clone();
+    let index = StoreIndex::load(&de_bucket).await.unwrap();
+    let wanted = out.manifest.chunk_ids();
+    let corrupted = corrupt_objects(&*de, &pack::prefix(), 0.02, 11)
         .await
         .unwrap();
-    let lost = lose_objects(&*de, &layout::chunks_prefix(), 0.01, 12)
-        .await
-        .unwrap();
+    let lost = lose_objects(&*de, &pack::prefix(), 0.02, 12).await.unwrap();
     assert!(!corrupted.is_empty() && !lost.is_empty());
+    let in_packs = |keys: &[object_store::path::Path]| -> std::collections::HashSet<String> {
+        let packs: Vec<_> = keys.iter().filter_map(pack::parse_key).collect();
+        index
+            .chunks
+            .iter()
+            .filter(|(c, f)| packs.contains(&f.pack) && wanted.contains(c))
+            .map(|(c, _)| c.to_hex())
+            .collect()
+    };
+    let lost_chunks = in_packs(&lost);
+    let hit_chunks = in_packs(&corrupted);
 
     // Strict: fails, naming a damaged chunk.
     let err = restore(
@@ -280,43 +291,53 @@ async fn damaged_region_restores_byte_identical_and_is_repaired() {
     .await
     .unwrap_err();
     let msg = err.to_string();
-    let named = corrupted.iter().chain(&lost).any(|k| {
-        let hex = k.filename().unwrap_or_default();
-        msg.contains(hex)
-    });
-    assert!(named, "{msg}");
+    assert!(
+        lost_chunks
+            .iter()
+            .chain(&hit_chunks)
+            .any(|c| msg.contains(c)),
+        "{msg}"
+    );
     assert!(!dir.path().join("strict").exists());
 
-    // Verify sees every damaged chunk.
+    // Verify sees every chunk of the lost packs as missing, and damage in the corrupted one.
     let v = verify_store(&regions, "de-1", StoreKind::Main, false)
         .await
         .unwrap();
-    let damaged: std::collections::HashSet<_> = corrupted
-        .iter()
-        .chain(&lost)
-        .map(|k| k.filename().unwrap().to_string())
-        .collect();
-    let found: std::collections::HashSet<_> = v
-        .corrupt_chunks
-        .iter()
-        .chain(&v.missing_chunks)
-        .cloned()
-        .collect();
-    assert_eq!(found, damaged);
+    let missing: std::collections::HashSet<String> = v.missing_chunks.iter().cloned().collect();
+    assert_eq!(missing, lost_chunks);
+    assert!(
+        !v.corrupt_chunks.is_empty() || !v.corrupt_packs.is_empty(),
+        "{v:?}"
+    );
+    assert!(
+        v.corrupt_chunks.iter().all(|c| hit_chunks.contains(c)),
+        "{v:?}"
+    );
+    assert!(!v.is_clean());
 
     let to = dir.path().join("fallback");
     let r = restore(&regions, id, Backing::Image, "de-1", false, &to)
         .await
         .unwrap();
     assert!(same(&img, &to));
-    assert_eq!(r.repaired_chunks.len(), damaged.len());
+    let repaired: std::collections::HashSet<String> = r.repaired_chunks.iter().cloned().collect();
+    assert!(lost_chunks.is_subset(&repaired));
+    assert!(
+        repaired
+            .iter()
+            .all(|c| lost_chunks.contains(c) || hit_chunks.contains(c))
+    );
     let v = verify_store(&regions, "de-1", StoreKind::Main, false)
         .await
         .unwrap();
-    assert!(
-        v.corrupt_chunks.is_empty() && v.missing_chunks.is_empty(),
-        "{v:?}"
-    );
+    assert!(v.is_clean(), "{v:?}");
+    // And the repaired region alone restores it.
+    let again = dir.path().join("again");
+    restore(&regions, id, Backing::Image, "de-1", true, &again)
+        .await
+        .unwrap();
+    assert!(same(&img, &again));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -365,18 +386,12 @@ async fn volume_backed_snapshots_never_leave_the_home_volume_store() {
     let out = take(&regions, &img, meta(Backing::Volume)).await.unwrap();
     assert_eq!(out.replicas.len(), 1);
     let id = out.manifest.header.meta.id;
-    let chunk_keys: Vec<String> = out
-        .manifest
-        .chunk_ids()
-        .iter()
-        .map(|c| layout::chunk(c).to_string())
-        .collect();
     for r in regions.iter() {
         for kind in [StoreKind::Main, StoreKind::Volume] {
             let held = keys(&*r.bucket(kind).store).await;
             let home = r.name() == "it-1" && kind == StoreKind::Volume;
             let has_manifest = held.contains(&layout::manifest(&id).to_string());
-            let has_chunk = chunk_keys.iter().any(|k| held.contains(k));
+            let has_chunk = held.iter().any(|k| k.starts_with("packs/"));
             assert_eq!(has_manifest, home, "{} {kind:?}", r.name());
             assert_eq!(has_chunk, home, "{} {kind:?}", r.name());
             if !home {

@@ -1,0 +1,304 @@
+//! The index of a store: which pack and frame hold each chunk.
+//!
+//! It is kept in index objects, each written after the packs it describes are durable:
+//!
+//! ```text
+//! offset  size    field
+//!      0     8    magic "GSINDEX\0"
+//!      8     2    format version (u16 LE, 1)
+//!     10     2    reserved, zero
+//!     12     4    entry count N (u32 LE)
+//!     16  56*N    entries: chunk id (32), pack id (16), frame offset (u32 LE), frame length (u32 LE)
+//!      .    32    SHA-256 of every byte before it
+//! ```
+//! Index objects are named by a time-ordered id (`index/<id>`); when two name the same
+//! chunk, the newer one wins (a repair shadows a damaged copy). gc folds them into one.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::str::FromStr;
+
+use bytes::Bytes;
+use geosnap_engine::ChunkId;
+use object_store::ObjectStoreExt;
+use object_store::path::Path;
+use sha2::{Digest, Sha256};
+
+use crate::bucket::Bucket;
+use crate::{Error, Result};
+
+/// Frozen magic of an index object.
+pub const INDEX_MAGIC: [u8; 8] = *b"GSINDEX\0";
+/// Current index format version.
+pub const INDEX_VERSION: u16 = 1;
+const PREFIX_LEN: usize = 16;
+const ENTRY_LEN: usize = 56;
+const _: () = assert!(ENTRY_LEN == 32 + 16 + 4 + 4);
+
+/// A pack's (or an index object's) name: a UUIDv7, so names sort by creation time.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PackId(pub [u8; 16]);
+
+impl PackId {
+    /// A fresh, time-ordered id.
+    pub fn generate() -> PackId {
+        PackId(geosnap_engine::SnapshotId::generate().0)
+    }
+
+    /// Lower-case hex, 32 characters.
+    pub fn to_hex(&self) -> String {
+        geosnap_engine::SnapshotId(self.0).to_hex()
+    }
+}
+
+impl fmt::Display for PackId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+impl fmt::Debug for PackId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PackId({})", self.to_hex())
+    }
+}
+
+impl FromStr for PackId {
+    type Err = geosnap_engine::ParseIdError;
+
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        Ok(PackId(s.parse::<geosnap_engine::SnapshotId>()?.0))
+    }
+}
+
+/// Where one chunk lives: the frame holding it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Entry {
+    /// Chunk id.
+    pub chunk: ChunkId,
+    /// Pack holding the frame.
+    pub pack: PackId,
+    /// Offset of the frame's bytes in the pack.
+    pub offset: u64,
+    /// Length of the frame.
+    pub len: u32,
+}
+
+/// A frame's address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FrameRef {
+    /// Pack.
+    pub pack: PackId,
+    /// Offset in the pack.
+    pub offset: u64,
+    /// Length.
+    pub len: u32,
+}
+
+impl Entry {
+    /// The frame this entry points at.
+    pub fn frame(&self) -> FrameRef {
+        FrameRef {
+            pack: self.pack,
+            offset: self.offset,
+            len: self.len,
+        }
+    }
+}
+
+/// Key of an index object.
+pub fn key(id: &PackId) -> Path {
+    Path::from(format!("index/{}", id.to_hex()))
+}
+
+/// Prefix of index objects.
+pub fn prefix() -> Path {
+    Path::from("index")
+}
+
+/// The id an index object key names.
+pub fn parse_key(key: &Path) -> Option<PackId> {
+    let parts: Vec<_> = key.parts().collect();
+    match parts.as_slice() {
+        [p, id] if p.as_ref() == "index" => id.as_ref().parse().ok(),
+        _ => None,
+    }
+}
+
+/// Serialises entries as an index object.
+pub fn encode(entries: &[Entry]) -> Bytes {
+    let mut out = Vec::with_capacity(PREFIX_LEN + entries.len() * ENTRY_LEN + 32);
+    out.extend_from_slice(&INDEX_MAGIC);
+    out.extend_from_slice(&INDEX_VERSION.to_le_bytes());
+    out.extend_from_slice(&[0, 0]);
+    out.extend_from_slice(&(entries.len() as u32).to_le_bytes());
+    for e in entries {
+        out.extend_from_slice(e.chunk.as_bytes());
+        out.extend_from_slice(&e.pack.0);
+        out.extend_from_slice(&(e.offset as u32).to_le_bytes());
+        out.extend_from_slice(&e.len.to_le_bytes());
+    }
+    let sum = Sha256::digest(&out);
+    out.extend_from_slice(&sum);
+    Bytes::from(out)
+}
+
+/// Parses an index object; damage is an error saying what is wrong.
+pub fn decode(bytes: &[u8]) -> std::result::Result<Vec<Entry>, String> {
+    if bytes.len() < PREFIX_LEN + 32 || bytes[..8] != INDEX_MAGIC {
+        return Err("not a geosnap index (bad magic or too short)".into());
+    }
+    let version = u16::from_le_bytes([bytes[8], bytes[9]]);
+    if version != INDEX_VERSION || bytes[10..12] != [0, 0] {
+        return Err(format!("index version {version} is not understood"));
+    }
+    let body = bytes.len() - 32;
+    if Sha256::digest(&bytes[..body])[..] != bytes[body..] {
+        return Err("index is truncated or damaged (checksum mismatch)".into());
+    }
+    let count = u32::from_le_bytes([bytes[12], bytes[13], bytes[14], bytes[15]]) as usize;
+    if PREFIX_LEN + count * ENTRY_LEN != body {
+        return Err("index entry count does not match its length".into());
+    }
+    Ok(bytes[PREFIX_LEN..body]
+        .chunks_exact(ENTRY_LEN)
+        .map(|e| {
+            let mut chunk = [0u8; 32];
+            chunk.copy_from_slice(&e[..32]);
+            let mut pack = [0u8; 16];
+            pack.copy_from_slice(&e[32..48]);
+            Entry {
+                chunk: ChunkId(chunk),
+                pack: PackId(pack),
+                offset: u64::from(u32::from_le_bytes([e[48], e[49], e[50], e[51]])),
+                len: u32::from_le_bytes([e[52], e[53], e[54], e[55]]),
+            }
+        })
+        .collect())
+}
+
+/// Everything a store's index objects say, merged (newer objects win).
+#[derive(Debug, Default, Clone)]
+pub struct StoreIndex {
+    /// Chunk → frame.
+    pub chunks: HashMap<ChunkId, FrameRef>,
+    /// Index objects read, oldest first.
+    pub objects: Vec<PackId>,
+    /// Index objects that do not decode, with the reason.
+    pub damaged: Vec<(PackId, String)>,
+}
+
+impl StoreIndex {
+    /// Reads every index object of `bucket`.
+    pub async fn load(bucket: &Bucket) -> Result<StoreIndex> {
+        let mut ids: Vec<PackId> = bucket
+            .list(&prefix())
+            .await?
+            .iter()
+            .filter_map(|m| parse_key(&m.location))
+            .collect();
+        ids.sort();
+        let mut index = StoreIndex::default();
+        for id in ids {
+            let bytes = match bucket.get(&key(&id)).await {
+                Ok(b) => b,
+                // Deleted by a gc between the listing and the read: its entries live on in
+                // the consolidated object gc wrote first.
+                Err(e) if e.is_not_found() => continue,
+                Err(e) => return Err(e),
+            };
+            match decode(&bytes) {
+                Ok(entries) => {
+                    for e in entries {
+                        index.chunks.insert(e.chunk, e.frame());
+                    }
+                    index.objects.push(id);
+                }
+                Err(why) => index.damaged.push((id, why)),
+            }
+        }
+        Ok(index)
+    }
+
+    /// Whether the store holds `id`.
+    pub fn contains(&self, id: &ChunkId) -> bool {
+        self.chunks.contains_key(id)
+    }
+
+    /// The chunk ids held.
+    pub fn ids(&self) -> HashSet<ChunkId> {
+        self.chunks.keys().copied().collect()
+    }
+
+    /// Groups `ids` by the frame that holds them, frames in pack order; ids the index does
+    /// not know are returned apart.
+    pub fn by_frame(&self, ids: &[ChunkId]) -> (Vec<(FrameRef, Vec<ChunkId>)>, Vec<ChunkId>) {
+        let mut frames: HashMap<FrameRef, Vec<ChunkId>> = HashMap::new();
+        let mut unknown = Vec::new();
+        for id in ids {
+            match self.chunks.get(id) {
+                Some(f) => frames.entry(*f).or_default().push(*id),
+                None => unknown.push(*id),
+            }
+        }
+        let mut frames: Vec<_> = frames.into_iter().collect();
+        frames.sort_by_key(|(f, _)| *f);
+        (frames, unknown)
+    }
+}
+
+/// Writes an index object for `entries`; returns its id.
+pub async fn write(bucket: &Bucket, entries: &[Entry]) -> Result<PackId> {
+    let id = PackId::generate();
+    bucket.put(&key(&id), encode(entries)).await?;
+    Ok(id)
+}
+
+/// Reads one frame of a pack (a range read), retried like every store call.
+pub async fn read_frame(bucket: &Bucket, frame: &FrameRef) -> Result<Bytes> {
+    let path = crate::pack::key(&frame.pack);
+    let range = frame.offset..frame.offset + u64::from(frame.len);
+    let got = crate::retry::retry(bucket.retry, || {
+        bucket.store.get_range(&path, range.clone())
+    })
+    .await
+    .map_err(|e| bucket.err(e))?;
+    if got.len() != frame.len as usize {
+        return Err(Error::Engine(geosnap_engine::Error::FrameCorrupt(format!(
+            "pack {} ended {} bytes into a {}-byte frame",
+            frame.pack,
+            got.len(),
+            frame.len
+        ))));
+    }
+    Ok(got)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn index_objects_round_trip_and_every_flip_is_refused() {
+        let entries: Vec<Entry> = (0..5u8)
+            .map(|i| Entry {
+                chunk: ChunkId::of(&[i]),
+                pack: PackId([i; 16]),
+                offset: u64::from(i) * 1000 + 8,
+                len: 300 + u32::from(i),
+            })
+            .collect();
+        let bytes = encode(&entries);
+        assert_eq!(decode(&bytes).unwrap(), entries);
+        for i in 0..bytes.len() {
+            let mut bad = bytes.to_vec();
+            bad[i] ^= 0x08;
+            assert!(decode(&bad).is_err(), "flip at {i}");
+        }
+        for cut in 0..bytes.len() {
+            assert!(decode(&bytes[..cut]).is_err(), "cut at {cut}");
+        }
+        let id = PackId::generate();
+        assert_eq!(parse_key(&key(&id)), Some(id));
+    }
+}
