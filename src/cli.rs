@@ -88,6 +88,27 @@ pub enum Command {
         #[arg(long, default_value = "384M", value_name = "SIZE")]
         size: String,
     },
+    /// Measure this machine: stage rates, the ceiling they imply, and the whole pipelines.
+    Bench {
+        /// Measure this image instead of a generated one.
+        #[arg(long, value_name = "PATH", conflicts_with_all = ["size", "profile"])]
+        input: Option<PathBuf>,
+        /// Size of the generated image.
+        #[arg(long, default_value = "1G")]
+        size: String,
+        /// mixed | random | text | zeros | sparse | halves
+        #[arg(long, default_value = "mixed")]
+        profile: String,
+        /// Chunker under test (default: the default chunker).
+        #[arg(long)]
+        chunker: Option<String>,
+        /// zstd level under test.
+        #[arg(long, default_value_t = geosnap_engine::codec::DEFAULT_LEVEL, allow_hyphen_values = true)]
+        level: i32,
+        /// Also snapshot the image with several chunkers and compare them.
+        #[arg(long)]
+        compare_chunkers: bool,
+    },
     /// Write a seeded test image (for benchmarks and trials).
     GenImage {
         /// File to write (replaced).

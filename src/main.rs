@@ -109,6 +109,25 @@ fn run(cli: Cli) -> Result<ExitCode> {
     if let Command::Demo { size } = &cli.command {
         return demo(&cli, size, &out, &ui);
     }
+    if let Command::Bench {
+        input,
+        size,
+        profile,
+        chunker,
+        level,
+        compare_chunkers,
+    } = &cli.command
+    {
+        return bench(
+            input,
+            size,
+            profile,
+            chunker.as_deref(),
+            *level,
+            *compare_chunkers,
+            &out,
+        );
+    }
     let dir = data_dir(&cli)?;
     if let Command::Init = cli.command {
         let r = Geosnap::init(&dir)?;
@@ -133,6 +152,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Init
         | Command::Completions { .. }
         | Command::Demo { .. }
+        | Command::Bench { .. }
         | Command::GenImage { .. } => {
             unreachable!("handled above")
         }
@@ -392,6 +412,102 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+fn bench(
+    input: &Option<PathBuf>,
+    size: &str,
+    profile: &str,
+    chunker: Option<&str>,
+    level: i32,
+    compare_chunkers: bool,
+    out: &Out,
+) -> Result<ExitCode> {
+    let bytes = geosnap_engine::chunker::parse_size(size)
+        .filter(|n| *n >= 1 << 20)
+        .ok_or_else(|| anyhow!("--size {size:?} is not a size of at least 1M"))?;
+    let profile = profile.parse().map_err(|e: String| anyhow!(e))?;
+    let chunker = match chunker {
+        Some(c) => c.parse()?,
+        None => Default::default(),
+    };
+    let scratch = tempfile::Builder::new()
+        .prefix("geosnap-bench-")
+        .tempdir()
+        .context("cannot create a temporary directory")?;
+    let opts = geosnap_ops::bench::BenchOptions {
+        input: input.clone(),
+        size: bytes,
+        profile,
+        chunker,
+        level,
+        compare_chunkers,
+        scratch: scratch.path().to_path_buf(),
+    };
+    let rt = runtime()?;
+    let r = geosnap_ops::bench::run(&opts, rt.handle())?;
+    out.show(&r, || {
+        let mut s = format!(
+            "image {} ({}{}, data {}), {} cores, chunker {}, zstd level {}\n\nsingle-core stages:\n",
+            r.image.path.display(),
+            size_str(r.image.size),
+            if r.image.generated { ", generated" } else { "" },
+            size_str(r.image.data_bytes),
+            r.cores,
+            r.chunker,
+            r.level
+        );
+        let rows: Vec<Vec<String>> = r
+            .stages
+            .iter()
+            .map(|st| vec![st.name.clone(), format!("{:.0} MB/s", st.mb_per_s)])
+            .collect();
+        s += &table(&["STAGE", "RATE"], &rows);
+        s += &format!(
+            "\nceiling: {:.2} core-seconds per GiB of this image (read + zero check + SHA-256 + zstd) \
+             -> {:.0} MB/s on {} cores\n",
+            r.core_seconds_per_gib, r.ceiling_mb_per_s, r.cores
+        );
+        s += &format!(
+            "snapshot into three in-memory regions: {} ({:.0} MB/s), {:.0} % of the ceiling\n",
+            duration(r.snapshot.seconds),
+            r.snapshot.mb_per_s,
+            100.0 * r.snapshot.of_ceiling.unwrap_or(0.0)
+        );
+        s += &format!(
+            "restore from one in-memory region to a file: {} ({:.0} MB/s)\n",
+            duration(r.restore.seconds),
+            r.restore.mb_per_s
+        );
+        if !r.chunkers.is_empty() {
+            let rows: Vec<Vec<String>> = r
+                .chunkers
+                .iter()
+                .map(|c| {
+                    vec![
+                        c.chunker.clone(),
+                        c.chunks.to_string(),
+                        c.unique.to_string(),
+                        format!("{:.2}", c.dedup_ratio),
+                        format!("{:.2}", c.zstd_ratio),
+                        format!("{:.0}", c.mb_per_s),
+                        c.histogram
+                            .iter()
+                            .map(|(b, n)| format!("<={}:{n}", size_str(*b)))
+                            .collect::<Vec<_>>()
+                            .join(" "),
+                    ]
+                })
+                .collect();
+            s += "\n";
+            s += &table(
+                &["CHUNKER", "CHUNKS", "UNIQUE", "DEDUP", "ZSTD", "MB/S", "SIZES"],
+                &rows,
+            );
+        }
+        s
+    })?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn gen_image(

@@ -29,3 +29,6 @@ mod dr;
 
 // The crash-fault matrix and gc beside snapshots in flight.
 mod crash;
+
+// geosnap bench: stage rates, the ceiling, the pipelines, the chunker comparison.
+mod bench;

@@ -13,6 +13,7 @@
 
 mod error;
 
+pub mod bench;
 pub mod config;
 pub mod demo;
 pub mod instances;

@@ -1,0 +1,426 @@
+//! `geosnap bench`: what this machine can do, stage by stage, and how close the whole
+//! pipeline comes to the ceiling those stages imply.
+//!
+//! Stage rates are measured on one core over a sample of the image's data (at most
+//! 256 MiB, so memory stays bounded); the ceiling is the rate at which all cores could read,
+//! zero-check, hash and compress the image's data if nothing else cost anything. The
+//! pipelines write into three in-memory regions, so storage does not limit them.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use geosnap_engine::chunker::ChunkerParams;
+use geosnap_engine::codec::{Decoder, Encoder, FRAME_TARGET};
+use geosnap_engine::image::Image;
+use geosnap_engine::imagegen::{self, Profile};
+use geosnap_engine::manifest::{Backing, SnapshotMeta};
+use geosnap_engine::scanner::{Piece, Scanner};
+use geosnap_engine::snapshot::{SnapshotOptions, snapshot_image};
+use geosnap_engine::store::MemStore;
+use geosnap_engine::zero::is_zero;
+use geosnap_engine::{ChunkId, NoProgress, SnapshotId};
+use geosnap_replication::reader::{RestoreRequest, restore_snapshot};
+use geosnap_replication::region::{Region, RegionSpec, Regions};
+use geosnap_replication::retry::RetryPolicy;
+use geosnap_replication::writer::{WriteRequest, write_snapshot};
+use serde::Serialize;
+
+use crate::{Error, Result};
+
+/// Largest sample of data the stage measurements hold in memory.
+const SAMPLE_MAX: usize = 256 << 20;
+
+/// What to measure.
+#[derive(Clone, Debug)]
+pub struct BenchOptions {
+    /// An existing image; `None` generates one of `size` and `profile` in `scratch`.
+    pub input: Option<PathBuf>,
+    /// Size of a generated image.
+    pub size: u64,
+    /// Profile of a generated image.
+    pub profile: Profile,
+    /// Chunker under test.
+    pub chunker: ChunkerParams,
+    /// zstd level under test.
+    pub level: i32,
+    /// Also compare chunkers on the image.
+    pub compare_chunkers: bool,
+    /// Where a generated image and restored files go.
+    pub scratch: PathBuf,
+}
+
+/// One stage's single-core rate.
+#[derive(Clone, Debug, Serialize)]
+pub struct Stage {
+    /// Stage name.
+    pub name: String,
+    /// Bytes processed.
+    pub bytes: u64,
+    /// Seconds taken.
+    pub seconds: f64,
+    /// MB/s (10^6 bytes per second) on one core.
+    pub mb_per_s: f64,
+}
+
+/// A whole pipeline's figures.
+#[derive(Clone, Debug, Serialize)]
+pub struct Pipeline {
+    /// Seconds.
+    pub seconds: f64,
+    /// MB/s of logical image size.
+    pub mb_per_s: f64,
+    /// Fraction of the ceiling reached (snapshot only).
+    pub of_ceiling: Option<f64>,
+}
+
+/// The image measured.
+#[derive(Clone, Debug, Serialize)]
+pub struct BenchImage {
+    /// Path.
+    pub path: PathBuf,
+    /// Logical size.
+    pub size: u64,
+    /// Bytes in chunks.
+    pub data_bytes: u64,
+    /// Bytes in zero runs.
+    pub zero_bytes: u64,
+    /// Whether geosnap generated it for this run.
+    pub generated: bool,
+}
+
+/// One chunker's figures on the image.
+#[derive(Clone, Debug, Serialize)]
+pub struct ChunkerFigures {
+    /// Chunker.
+    pub chunker: String,
+    /// Chunks cut.
+    pub chunks: u64,
+    /// Distinct chunks.
+    pub unique: u64,
+    /// Chunk sizes: (upper bound in bytes, count), powers of two.
+    pub histogram: Vec<(u64, u64)>,
+    /// Data bytes / distinct bytes.
+    pub dedup_ratio: f64,
+    /// Distinct bytes / stored (compressed) bytes.
+    pub zstd_ratio: f64,
+    /// Snapshot MB/s into memory (logical size).
+    pub mb_per_s: f64,
+}
+
+/// Everything `geosnap bench` measured.
+#[derive(Clone, Debug, Serialize)]
+pub struct BenchReport {
+    /// The image.
+    pub image: BenchImage,
+    /// Cores used.
+    pub cores: usize,
+    /// Chunker and zstd level.
+    pub chunker: String,
+    /// zstd level.
+    pub level: i32,
+    /// Single-core stage rates.
+    pub stages: Vec<Stage>,
+    /// Core-seconds per GiB of this image for read + zero check + hash + compress.
+    pub core_seconds_per_gib: f64,
+    /// Ceiling on all cores, MB/s of logical image size.
+    pub ceiling_mb_per_s: f64,
+    /// Snapshot into three in-memory regions.
+    pub snapshot: Pipeline,
+    /// Restore from one in-memory region to a file.
+    pub restore: Pipeline,
+    /// `--compare-chunkers`.
+    pub chunkers: Vec<ChunkerFigures>,
+}
+
+fn mbps(bytes: u64, secs: f64) -> f64 {
+    if secs > 0.0 {
+        bytes as f64 / 1e6 / secs
+    } else {
+        0.0
+    }
+}
+
+fn stage(name: &str, bytes: u64, f: impl FnOnce()) -> Stage {
+    let t = Instant::now();
+    f();
+    let seconds = t.elapsed().as_secs_f64();
+    Stage {
+        name: name.into(),
+        bytes,
+        seconds,
+        mb_per_s: mbps(bytes, seconds),
+    }
+}
+
+/// The image's data windows, up to [`SAMPLE_MAX`] bytes, and the image's totals.
+fn sample(image: &Image) -> Result<(Vec<u8>, u64)> {
+    let window = 8 << 20;
+    let mut data = Vec::new();
+    let mut pos = 0u64;
+    let mut read = 0u64;
+    while pos < image.size() && data.len() < SAMPLE_MAX {
+        let Some(d) = image.next_data(pos)? else {
+            break;
+        };
+        let n = (window as u64).min(image.size() - d) as usize;
+        let start = data.len();
+        image.read_into(d, n, &mut data)?;
+        read += n as u64;
+        if is_zero(&data[start..]) {
+            data.truncate(start);
+        }
+        pos = d + n as u64;
+    }
+    Ok((data, read))
+}
+
+fn memory_regions() -> Result<Regions> {
+    let list = ["it-1", "de-1", "nl-1"]
+        .iter()
+        .map(|n| {
+            let spec = RegionSpec {
+                name: n.to_string(),
+                country: String::new(),
+                url: "memory://".into(),
+                volume_url: "memory://".into(),
+                options: Default::default(),
+            };
+            Region::open(&spec, Default::default(), RetryPolicy::default())
+        })
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    Ok(Regions::new(list, 2)?)
+}
+
+/// Runs the benchmark.
+pub fn run(opts: &BenchOptions, rt: &tokio::runtime::Handle) -> Result<BenchReport> {
+    let (path, generated) = match &opts.input {
+        Some(p) => (p.clone(), false),
+        None => {
+            let p = opts.scratch.join("bench.img");
+            imagegen::generate(&p, opts.size, opts.profile, 1)
+                .map_err(|e| Error::io(format!("cannot write {}", p.display()), e))?;
+            (p, true)
+        }
+    };
+    let image = Image::open(&path)?;
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+
+    // Stage rates on a sample, one core each.
+    let (data, read_bytes) = sample(&image)?;
+    let mut stages = Vec::new();
+    let mut buf = Vec::with_capacity(8 << 20);
+    stages.push(stage("read", image.size().min(1 << 30), || {
+        let mut pos = 0;
+        while pos < image.size().min(1 << 30) {
+            buf.clear();
+            let _ = image.read_into(pos, 8 << 20, &mut buf);
+            pos += 8 << 20;
+        }
+    }));
+    let _ = read_bytes;
+    stages.push(stage("zero detection", data.len() as u64, || {
+        for w in data.chunks(4096) {
+            std::hint::black_box(is_zero(w));
+        }
+    }));
+    let mut pieces = Vec::new();
+    stages.push(stage("chunking", data.len() as u64, || {
+        let mut s = Scanner::new(opts.chunker);
+        let mut pos = 0;
+        while pos < data.len() {
+            let n = (8 << 20).min(data.len() - pos);
+            let mut b = s.take_buffer(n);
+            b.extend_from_slice(&data[pos..pos + n]);
+            pos += n;
+            s.push(b, pos == data.len(), &mut |p| {
+                if let Piece::Chunk { data, .. } = p {
+                    pieces.push(data);
+                }
+            });
+        }
+    }));
+    let mut ids = Vec::with_capacity(pieces.len());
+    stages.push(stage("SHA-256", data.len() as u64, || {
+        ids.extend(pieces.iter().map(|p| ChunkId::of(p)));
+    }));
+    let mut frames = Vec::new();
+    let mut enc = Encoder::new(opts.level)?;
+    stages.push(stage(
+        &format!("zstd level {}", opts.level),
+        data.len() as u64,
+        || {
+            let mut group: Vec<(ChunkId, &[u8])> = Vec::new();
+            let mut bytes = 0;
+            for (id, p) in ids.iter().zip(&pieces) {
+                if bytes + p.len() > FRAME_TARGET && !group.is_empty() {
+                    if let Ok(f) = enc.encode(&group) {
+                        frames.push(f);
+                    }
+                    group.clear();
+                    bytes = 0;
+                }
+                group.push((*id, p));
+                bytes += p.len();
+            }
+            if let Ok(f) = enc.encode(&group) {
+                frames.push(f);
+            }
+        },
+    ));
+    let mut dec = Decoder::new()?;
+    stages.push(stage("decode + verify", data.len() as u64, || {
+        for f in &frames {
+            std::hint::black_box(dec.decode_verified(&f.bytes).ok());
+        }
+    }));
+
+    // Snapshot into three in-memory regions.
+    let regions = memory_regions()?;
+    let meta = SnapshotMeta {
+        id: SnapshotId::generate(),
+        instance: "bench".into(),
+        name: "bench".into(),
+        backing: Backing::Image,
+        home_region: "it-1".into(),
+        created_at: 0,
+        completed_at: 0,
+        retention_days: 0,
+    };
+    let options = SnapshotOptions {
+        chunker: opts.chunker,
+        level: opts.level,
+        threads: 0,
+    };
+    let t = Instant::now();
+    let out = rt.block_on(write_snapshot(
+        &regions,
+        WriteRequest {
+            image: path.clone(),
+            meta: meta.clone(),
+            options,
+        },
+        Arc::new(NoProgress),
+        &|| 0,
+    ))?;
+    let snap_secs = t.elapsed().as_secs_f64();
+    let data_bytes = out.stats.data_bytes;
+
+    // The ceiling: every data byte read, zero-checked, hashed and compressed, on all cores.
+    let rate = |name: &str| {
+        stages
+            .iter()
+            .find(|s| s.name.starts_with(name))
+            .map_or(f64::INFINITY, |s| s.mb_per_s * 1e6)
+    };
+    let per_byte = 1.0 / rate("read") + 1.0 / rate("zero") + 1.0 / rate("SHA") + 1.0 / rate("zstd");
+    let core_secs = data_bytes as f64 * per_byte;
+    let ceiling_secs = core_secs / cores as f64;
+    let core_seconds_per_gib = core_secs / (image.size().max(1) as f64 / (1u64 << 30) as f64);
+    let ceiling_mb_per_s = mbps(image.size(), ceiling_secs);
+    let snapshot = Pipeline {
+        seconds: snap_secs,
+        mb_per_s: mbps(image.size(), snap_secs),
+        of_ceiling: Some(ceiling_secs / snap_secs),
+    };
+
+    // Restore from one region to a file.
+    let target = opts.scratch.join("bench-restored.img");
+    let t = Instant::now();
+    rt.block_on(restore_snapshot(
+        &regions,
+        RestoreRequest {
+            snapshot: meta.id,
+            backing: Backing::Image,
+            home: "it-1".into(),
+            from: "it-1".into(),
+            strict: true,
+            target: target.clone(),
+            overwrite: true,
+        },
+        Arc::new(NoProgress),
+    ))?;
+    let restore_secs = t.elapsed().as_secs_f64();
+    let _ = std::fs::remove_file(&target);
+    let restore = Pipeline {
+        seconds: restore_secs,
+        mb_per_s: mbps(image.size(), restore_secs),
+        of_ceiling: None,
+    };
+
+    let chunkers = if opts.compare_chunkers {
+        compare(&path, opts.level)?
+    } else {
+        Vec::new()
+    };
+    let report = BenchReport {
+        image: BenchImage {
+            path: path.clone(),
+            size: image.size(),
+            data_bytes,
+            zero_bytes: out.stats.zero_bytes,
+            generated,
+        },
+        cores,
+        chunker: opts.chunker.to_string(),
+        level: opts.level,
+        stages,
+        core_seconds_per_gib,
+        ceiling_mb_per_s,
+        snapshot,
+        restore,
+        chunkers,
+    };
+    if generated {
+        let _ = std::fs::remove_file(&path);
+    }
+    Ok(report)
+}
+
+/// Snapshots the image once per chunker into memory and describes the chunks.
+fn compare(path: &Path, level: i32) -> Result<Vec<ChunkerFigures>> {
+    let image = Image::open(path)?;
+    let mut out = Vec::new();
+    for c in [
+        "fixed:4K",
+        "fixed:16K",
+        "fixed:64K",
+        "fixed:256K",
+        "fixed:1M",
+        "fixed:4M",
+        "cdc:4K:16K:64K",
+        "cdc:16K:64K:256K",
+        "cdc:256K:1M:4M",
+    ] {
+        let chunker: ChunkerParams = c.parse()?;
+        let store = MemStore::new();
+        let t = Instant::now();
+        let s = snapshot_image(
+            &image,
+            &SnapshotOptions {
+                chunker,
+                level,
+                threads: 0,
+            },
+            &store,
+            &NoProgress,
+        )?;
+        let secs = t.elapsed().as_secs_f64();
+        let mut hist: std::collections::BTreeMap<u64, u64> = Default::default();
+        for e in &s.extents {
+            if let geosnap_engine::manifest::Extent::Chunk { len, .. } = e {
+                *hist.entry(u64::from(*len).next_power_of_two()).or_default() += 1;
+            }
+        }
+        out.push(ChunkerFigures {
+            chunker: c.into(),
+            chunks: s.stats.chunks,
+            unique: s.stats.new_chunks,
+            histogram: hist.into_iter().collect(),
+            dedup_ratio: s.stats.data_bytes as f64 / s.stats.new_bytes.max(1) as f64,
+            zstd_ratio: s.stats.new_bytes as f64 / s.stats.stored_bytes.max(1) as f64,
+            mb_per_s: mbps(image.size(), secs),
+        });
+    }
+    Ok(out)
+}
