@@ -30,5 +30,8 @@ mod dr;
 // The crash-fault matrix and gc beside snapshots in flight.
 mod crash;
 
+// Regions on S3: the journey on three Swift buckets, and clear errors for bad endpoints.
+mod s3;
+
 // geosnap bench: stage rates, the ceiling, the pipelines, the chunker comparison.
 mod bench;

@@ -14,6 +14,7 @@ use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 
 use crate::layout;
 use crate::retry::{RetryPolicy, is_transient, retry};
+use crate::s3::{S3Location, root_cause, s3_error_code};
 use crate::{Error, Result};
 
 /// Which store of a region.
@@ -37,6 +38,8 @@ pub struct Bucket {
     /// A local directory whose filesystem is flushed (`syncfs`) before a manifest is
     /// written, when the store is a directory; stores that are durable on success have none.
     pub sync_root: Option<PathBuf>,
+    /// Endpoint and bucket when the store is an S3 bucket, so that errors say where.
+    pub remote: Option<S3Location>,
     /// Retry policy for transient errors.
     pub retry: RetryPolicy,
 }
@@ -57,8 +60,12 @@ impl fmt::Display for Bucket {
 }
 
 impl Bucket {
-    /// Maps a store error to ours, naming this bucket.
+    /// Maps a store error to ours, naming this bucket (and, for an S3 bucket, its endpoint
+    /// and bucket name when the cause is the connection, the credentials or the bucket).
     pub fn err(&self, e: object_store::Error) -> Error {
+        if let Some(mapped) = self.remote.as_ref().and_then(|r| self.remote_err(r, &e)) {
+            return mapped;
+        }
         if is_transient(&e) {
             // object_store wraps the cause as "Generic <store> error: <cause>"; keep the cause.
             let reason = match &e {
@@ -74,6 +81,64 @@ impl Bucket {
                 region: self.to_string(),
                 source: e,
             }
+        }
+    }
+
+    /// What an S3 client error means, said in one sentence: unreachable, access denied,
+    /// no such bucket, or a server error; `None` for anything else (not found, simulator).
+    fn remote_err(&self, remote: &S3Location, e: &object_store::Error) -> Option<Error> {
+        let here = format!("{self} ({remote})");
+        if let Some(kind) = transport_failure(e) {
+            let what = match kind {
+                object_store::client::HttpErrorKind::Connect => "unreachable",
+                object_store::client::HttpErrorKind::Timeout => "not answering (timed out)",
+                _ => "failing",
+            };
+            return Some(Error::RegionUnavailable {
+                region: here,
+                reason: format!("{what}: {}", root_cause(e)),
+            });
+        }
+        // Which calls come back as which object_store variant differs (a denied list is
+        // `Generic`, a denied get `PermissionDenied`): decide by the HTTP status and S3 code.
+        let text = e.to_string();
+        let status = text
+            .split_once("status code: ")
+            .map(|(_, rest)| rest.split(':').next().unwrap_or(rest).trim().to_string());
+        let code = s3_error_code(&text);
+        let detail = code.as_ref().map(|c| format!(" ({c})")).unwrap_or_default();
+        let denied = matches!(
+            e,
+            object_store::Error::PermissionDenied { .. }
+                | object_store::Error::Unauthenticated { .. }
+        ) || status
+            .as_deref()
+            .is_some_and(|s| s.starts_with("401") || s.starts_with("403"));
+        if code
+            .as_deref()
+            .is_some_and(|c| c.starts_with("NoSuchBucket"))
+        {
+            Some(Error::Config {
+                region: self.to_string(),
+                reason: format!(
+                    "bucket {} does not exist in region {} (at {}); create it or fix the URL",
+                    remote.bucket, self.region, remote.endpoint
+                ),
+            })
+        } else if denied {
+            Some(Error::Config {
+                region: self.to_string(),
+                reason: format!(
+                    "access denied by {remote}{detail}; check access_key_id and the secret"
+                ),
+            })
+        } else if let (object_store::Error::Generic { .. }, Some(status)) = (e, status) {
+            Some(Error::RegionUnavailable {
+                region: here,
+                reason: format!("HTTP {status}{detail}"),
+            })
+        } else {
+            None
         }
     }
 
@@ -99,6 +164,12 @@ impl Bucket {
     /// Deletes an object; deleting what is not there is not an error.
     pub async fn delete(&self, key: &Path) -> Result<()> {
         match retry(self.retry, || self.store.delete(key)).await {
+            // On S3 a NotFound can also mean the bucket itself is missing: say so.
+            Err(e @ object_store::Error::NotFound { .. })
+                if self.remote.is_some() && e.to_string().contains("NoSuchBucket") =>
+            {
+                Err(self.err(e))
+            }
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(self.err(e)),
         }
@@ -186,6 +257,17 @@ impl Bucket {
                 region,
                 reason: format!("cannot flush to disk: {e}"),
             })
+    }
+}
+
+/// The kind of transport failure (connect, timeout, ...) behind an S3 client error, if any.
+fn transport_failure(e: &object_store::Error) -> Option<object_store::client::HttpErrorKind> {
+    let mut cur: &(dyn std::error::Error + 'static) = e;
+    loop {
+        if let Some(h) = cur.downcast_ref::<object_store::client::HttpError>() {
+            return Some(h.kind());
+        }
+        cur = cur.source()?;
     }
 }
 

@@ -25,6 +25,7 @@ pub mod reader;
 pub mod region;
 pub mod repair;
 pub mod retry;
+pub mod s3;
 pub mod simulator;
 pub mod writer;
 

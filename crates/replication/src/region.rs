@@ -15,6 +15,7 @@ use url::Url;
 
 use crate::bucket::{Bucket, StoreKind};
 use crate::retry::RetryPolicy;
+use crate::s3::{S3Config, S3Location};
 use crate::simulator::{FaultConfig, Faults, FaultyStore};
 use crate::{Error, Result};
 
@@ -25,11 +26,13 @@ pub struct RegionSpec {
     pub name: String,
     /// Country, for people.
     pub country: String,
-    /// Main store URL: `file:///path`, `memory://` or any URL object_store parses.
+    /// Main store URL: `file:///path`, `memory://`, `s3://BUCKET[/PREFIX]` (options below)
+    /// or any other URL object_store parses.
     pub url: String,
     /// Volume store URL (same forms).
     pub volume_url: String,
-    /// Extra store options passed to object_store (e.g. S3 endpoint and keys).
+    /// Store options: for `s3://` URLs the keys of [`crate::s3::OPTION_KEYS`] (endpoint,
+    /// signing region, credentials, timeouts); for other URLs passed to object_store.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub options: BTreeMap<String, String>,
 }
@@ -49,12 +52,13 @@ impl Region {
     pub fn open(spec: &RegionSpec, faults: FaultConfig, retry: RetryPolicy) -> Result<Region> {
         let faults = Faults::new(&spec.name, faults);
         let bucket = |url: &str, kind| -> Result<Bucket> {
-            let (store, sync_root) = open_store(&spec.name, url, &spec.options)?;
+            let opened = open_store(&spec.name, url, &spec.options)?;
             Ok(Bucket {
                 region: spec.name.clone(),
                 kind,
-                store: Arc::new(FaultyStore::new(store, faults.clone())),
-                sync_root,
+                store: Arc::new(FaultyStore::new(opened.store, faults.clone())),
+                sync_root: opened.sync_root,
+                remote: opened.remote,
                 retry,
             })
         };
@@ -90,17 +94,28 @@ impl Region {
     }
 }
 
-/// Builds the store a URL names; returns the local root to flush for directory stores.
-fn open_store(
-    region: &str,
-    url: &str,
-    options: &BTreeMap<String, String>,
-) -> Result<(Arc<dyn ObjectStore>, Option<PathBuf>)> {
+/// A store built from a URL, with what replication needs to know about it.
+struct OpenedStore {
+    store: Arc<dyn ObjectStore>,
+    /// Local root to flush, for directory stores.
+    sync_root: Option<PathBuf>,
+    /// Endpoint and bucket, for S3 stores.
+    remote: Option<S3Location>,
+}
+
+/// Builds the store a URL names: `file://` (directory, created), `memory://`, `s3://`
+/// (checked and built by [`crate::s3`]), or any other URL object_store parses.
+fn open_store(region: &str, url: &str, options: &BTreeMap<String, String>) -> Result<OpenedStore> {
     let config = |reason: String| Error::Config {
         region: region.to_string(),
         reason,
     };
     let parsed = Url::parse(url).map_err(|e| config(format!("'{url}' is not a URL ({e})")))?;
+    let local = |store: Arc<dyn ObjectStore>, sync_root| OpenedStore {
+        store,
+        sync_root,
+        remote: None,
+    };
     match parsed.scheme() {
         "file" => {
             let path = parsed
@@ -110,10 +125,29 @@ fn open_store(
                 .map_err(|e| config(format!("cannot create {}: {e}", path.display())))?;
             let store = LocalFileSystem::new_with_prefix(&path)
                 .map_err(|e| config(format!("cannot open {}: {e}", path.display())))?;
-            Ok((Arc::new(store), Some(path)))
+            Ok(local(Arc::new(store), Some(path)))
         }
-        "memory" => Ok((Arc::new(InMemory::new()), None)),
+        "memory" => Ok(local(Arc::new(InMemory::new()), None)),
+        "s3" => {
+            let s3 = S3Config::parse(region, url, options)?;
+            Ok(OpenedStore {
+                store: s3.open()?,
+                sync_root: None,
+                remote: Some(s3.location()),
+            })
+        }
         _ => {
+            // S3 only through `s3://` and crate::s3: object_store's own URL parsing would
+            // let a bucket without credentials ask a cloud's instance-metadata service.
+            if matches!(
+                object_store::ObjectStoreScheme::parse(&parsed),
+                Ok((object_store::ObjectStoreScheme::AmazonS3, _))
+            ) {
+                return Err(config(format!(
+                    "'{url}' is an S3 URL: write it as s3://BUCKET[/PREFIX] and put endpoint, \
+                     region and credentials in [region.options]"
+                )));
+            }
             let (store, prefix) = object_store::parse_url_opts(&parsed, options)
                 .map_err(|e| config(format!("cannot use '{url}': {e}")))?;
             let store: Arc<dyn ObjectStore> = if prefix.as_ref().is_empty() {
@@ -121,7 +155,7 @@ fn open_store(
             } else {
                 Arc::new(PrefixStore::new(store, prefix))
             };
-            Ok((store, None))
+            Ok(local(store, None))
         }
     }
 }
@@ -228,5 +262,41 @@ impl Regions {
             .filter(|r| r.name() != except)
             .map(|r| r.bucket(StoreKind::Main).clone())
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(url: &str) -> RegionSpec {
+        RegionSpec {
+            name: "de-1".into(),
+            country: "Germany".into(),
+            url: url.into(),
+            volume_url: "memory://".into(),
+            options: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn s3_stores_are_only_built_from_s3_urls_with_explicit_credentials() {
+        for url in [
+            "s3a://geosnap-de-1",
+            "https://geosnap-de-1.s3.amazonaws.com",
+        ] {
+            let err = Region::open(&spec(url), FaultConfig::default(), RetryPolicy::default())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("is an S3 URL"), "{url}: {err}");
+        }
+        let err = Region::open(
+            &spec("s3://geosnap-de-1"),
+            FaultConfig::default(),
+            RetryPolicy::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("no credentials configured"), "{err}");
     }
 }

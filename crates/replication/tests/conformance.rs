@@ -1,13 +1,16 @@
 //! One store conformance suite, run on every kind of store a region can sit on: memory,
-//! local directory, the simulator with faults off (and S3 when the S3 issue's tests set
-//! `GEOSNAP_S3_ENDPOINT`).
+//! local directory, the simulator with faults off, and an S3 bucket on the loopback
+//! OpenStack Swift that `.ci/run` starts (`scripts/swift-aio.sh`) when `GEOSNAP_S3_ENDPOINT`
+//! is set.
 
 #![allow(clippy::unwrap_used)]
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::TryStreamExt;
+use geosnap_replication::s3::S3Config;
 use geosnap_replication::simulator::{FaultConfig, Faults, FaultyStore};
 use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
@@ -112,4 +115,53 @@ async fn simulator_with_faults_off_conforms() {
     let inner = LocalFileSystem::new_with_prefix(dir.path()).unwrap();
     let faults = Faults::new("it-1", FaultConfig::default());
     conformance(Arc::new(FaultyStore::new(inner, faults))).await;
+}
+
+/// Settings for a fresh bucket on the S3 endpoint of `GEOSNAP_S3_*`, or `None` (with a note
+/// on stdout) when no endpoint is set.
+fn s3_settings(test: &str) -> Option<S3Config> {
+    let Ok(endpoint) = std::env::var("GEOSNAP_S3_ENDPOINT") else {
+        println!(
+            "{test}: skipped, GEOSNAP_S3_ENDPOINT is not set \
+             (eval \"$(scripts/swift-aio.sh env DIR)\" after scripts/swift-aio.sh start DIR)"
+        );
+        return None;
+    };
+    let var = |k: &str| std::env::var(k).unwrap_or_default();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    let bucket = format!("geosnap-conf-{}-{nanos}", std::process::id());
+    let options: BTreeMap<String, String> = [
+        ("endpoint", endpoint),
+        ("region", var("GEOSNAP_S3_REGION")),
+        ("access_key_id", var("GEOSNAP_S3_ACCESS_KEY_ID")),
+        ("secret_access_key", var("GEOSNAP_S3_SECRET_ACCESS_KEY")),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    Some(S3Config::parse("it-1", &format!("s3://{bucket}"), &options).unwrap())
+}
+
+#[tokio::test]
+async fn swift_s3_store_conforms() {
+    let Some(s3) = s3_settings("swift_s3_store_conforms") else {
+        return;
+    };
+    s3.create_bucket().await.unwrap();
+    let store = s3.open().unwrap();
+    conformance(store.clone()).await;
+    // Leave the server as we found it.
+    let keys: Vec<Path> = store
+        .list(None)
+        .map_ok(|m| m.location)
+        .try_collect()
+        .await
+        .unwrap();
+    for k in keys {
+        store.delete(&k).await.unwrap();
+    }
+    s3.delete_bucket().await.unwrap();
 }
