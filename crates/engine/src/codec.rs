@@ -390,6 +390,17 @@ mod tests {
     }
 
     #[test]
+    fn a_frame_that_fails_does_not_spoil_the_decoder_for_the_next() {
+        let good = frame_of(&[b"good frame ".repeat(500)], 1);
+        let mut bad = good.bytes.to_vec();
+        let last = bad.len() - 1;
+        bad[last] ^= 0x20;
+        let mut dec = Decoder::new().unwrap();
+        assert!(dec.decode(&bad).is_err());
+        dec.decode_verified(&good.bytes).unwrap();
+    }
+
+    #[test]
     fn truncated_and_foreign_frames_are_rejected() {
         let f = frame_of(&[b"x".repeat(1000)], 1);
         let mut dec = Decoder::new().unwrap();

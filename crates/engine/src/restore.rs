@@ -135,9 +135,11 @@ pub fn restore_image(
     let recovered = AtomicU64::new(0);
     let cancel = AtomicBool::new(false);
     let failure: Mutex<Option<Error>> = Mutex::new(None);
-    let threads = opts
-        .thread_count(manifest.header.chunker.max_chunk())
-        .min(groups.len().max(1));
+    let threads = match (opts.threads, source.parallelism()) {
+        (0, Some(n)) => n.max(1),
+        _ => opts.thread_count(manifest.header.chunker.max_chunk()),
+    }
+    .min(groups.len().max(1));
     let file = tmp.as_file();
     let job = Restore {
         groups: &groups,

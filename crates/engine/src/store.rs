@@ -45,6 +45,12 @@ pub trait ChunkSource: Sync {
     /// Called with bytes that verified on `attempt > 0`, so the source can repair the
     /// copies that failed.
     fn recovered(&self, _id: &ChunkId, _attempt: u32, _data: &Bytes) {}
+
+    /// Groups worth fetching at once (each group's bytes are held while it is written);
+    /// `None` lets the restore choose from the chunk size.
+    fn parallelism(&self) -> Option<usize> {
+        None
+    }
 }
 
 /// Frames held in memory with a chunk → frame index.

@@ -3,7 +3,6 @@
 
 use std::collections::HashSet;
 use std::fmt;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -35,9 +34,6 @@ pub struct Bucket {
     pub kind: StoreKind,
     /// The store itself; replication never asks what backs it.
     pub store: Arc<dyn ObjectStore>,
-    /// A local directory whose filesystem is flushed (`syncfs`) before a manifest is
-    /// written, when the store is a directory; stores that are durable on success have none.
-    pub sync_root: Option<PathBuf>,
     /// Endpoint and bucket when the store is an S3 bucket, so that errors say where.
     pub remote: Option<S3Location>,
     /// Retry policy for transient errors.
@@ -242,22 +238,6 @@ impl Bucket {
             other => other,
         }
     }
-
-    /// Makes everything written so far durable before a manifest refers to it: `syncfs` on
-    /// a directory-backed store, nothing for stores whose puts are durable on success.
-    pub async fn sync(&self) -> Result<()> {
-        let Some(root) = self.sync_root.clone() else {
-            return Ok(());
-        };
-        let region = self.to_string();
-        tokio::task::spawn_blocking(move || syncfs(&root))
-            .await
-            .map_err(|e| Error::Task(e.to_string()))?
-            .map_err(|e| Error::RegionUnavailable {
-                region,
-                reason: format!("cannot flush to disk: {e}"),
-            })
-    }
 }
 
 /// The kind of transport failure (connect, timeout, ...) behind an S3 client error, if any.
@@ -269,15 +249,4 @@ fn transport_failure(e: &object_store::Error) -> Option<object_store::client::Ht
         }
         cur = cur.source()?;
     }
-}
-
-fn syncfs(root: &std::path::Path) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let dir = std::fs::File::open(root)?;
-    // SAFETY: syncfs on a descriptor we own for the duration of the call.
-    let r = unsafe { libc::syncfs(dir.as_raw_fd()) };
-    if r != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
 }

@@ -274,9 +274,7 @@ async fn sweep(b: &Bucket, opts: &GcOptions, report: &mut GcReport) -> Result<()
             }
         })
         .collect();
-    b.sync().await?;
     index::write(b, &entries).await?;
-    b.sync().await?;
     // A snapshot that started meanwhile may count on what we would delete: stop.
     let markers = live_markers(b, opts.marker_ttl).await?;
     if !markers.is_empty() {
@@ -330,28 +328,66 @@ pub async fn gc_all(regions: &Regions, opts: &GcOptions) -> Vec<Result<GcReport>
     out
 }
 
-/// Waits while a live gc holds `gc/running` in the store (see the module docs).
+/// Waits while a live gc holds `gc/running` in the store (see the module docs). Asks with a
+/// HEAD, which sees a new object at once even where listings lag.
 pub async fn wait_for_gc(b: &Bucket) -> Result<()> {
+    let key = layout::gc_running();
     loop {
-        let held = match b.list(&Path::from("gc")).await {
-            Ok(list) => list
-                .into_iter()
-                .find(|m| m.location == layout::gc_running()),
-            Err(e) => return Err(e),
+        let meta = match crate::retry::retry(b.retry, || b.store.head(&key)).await {
+            Ok(m) => m,
+            Err(object_store::Error::NotFound { .. }) => return Ok(()),
+            Err(e) => return Err(b.err(e)),
         };
-        match held {
-            None => return Ok(()),
-            Some(m) => {
-                let age = (Utc::now() - m.last_modified)
-                    .to_std()
-                    .unwrap_or(Duration::ZERO);
-                if age >= GC_MARKER_STALE {
-                    return Ok(());
-                }
-            }
+        let age = (Utc::now() - meta.last_modified)
+            .to_std()
+            .unwrap_or(Duration::ZERO);
+        if age >= GC_MARKER_STALE {
+            return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
+/// How long a writer waits for what it wrote to show in listings.
+pub const LISTING_WAIT: Duration = Duration::from_secs(10);
+
+/// Waits until `key` shows in a listing of `prefix`, up to `limit`; returns whether it did.
+/// Stores whose listings lag their writes (OpenStack Swift) must not let a gc miss a marker
+/// or a manifest that was just written.
+pub async fn wait_listed(b: &Bucket, prefix: &Path, key: &Path, limit: Duration) -> Result<bool> {
+    let start = std::time::Instant::now();
+    loop {
+        if b.list(prefix).await?.iter().any(|m| &m.location == key) {
+            return Ok(true);
+        }
+        if start.elapsed() >= limit {
+            tracing::warn!(store = %b, %key, "not listed yet; gc may not see it");
+            return Ok(false);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Runs `work` inside an in-flight session named `id`: a marker gc respects, listed before
+/// the work starts and removed after it (also when it fails), once no gc is sweeping.
+pub async fn with_marker<T>(
+    b: &Bucket,
+    id: &geosnap_engine::SnapshotId,
+    work: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    let marker = layout::inflight(id);
+    b.put(&marker, Bytes::from(Utc::now().to_rfc3339())).await?;
+    let out = async {
+        wait_listed(b, &layout::inflight_prefix(), &marker, LISTING_WAIT).await?;
+        wait_for_gc(b).await?;
+        work.await
+    }
+    .await;
+    let removed = b.delete(&marker).await;
+    let out = out?;
+    removed?;
+    Ok(out)
+}
+
+use object_store::ObjectStoreExt;
 use object_store::path::Path;

@@ -254,6 +254,52 @@ pub async fn write(bucket: &Bucket, entries: &[Entry]) -> Result<PackId> {
     Ok(id)
 }
 
+/// Bytes one read may span: neighbouring frames of a pack are fetched together, so a
+/// restore makes a few large requests rather than one per frame.
+pub const SPAN_BYTES: u64 = 2 << 20;
+/// Largest hole between two frames that one read bridges (frames it skips are wasted).
+const SPAN_GAP: u64 = 64 << 10;
+
+/// Groups frames (sorted by pack and offset) into runs that one range read can fetch.
+pub fn spans<T>(frames: Vec<(FrameRef, T)>) -> Vec<Vec<(FrameRef, T)>> {
+    let mut out: Vec<Vec<(FrameRef, T)>> = Vec::new();
+    for (f, t) in frames {
+        let joins = out.last().is_some_and(|run| {
+            let (first, last) = (&run[0].0, &run[run.len() - 1].0);
+            let end = last.offset + u64::from(last.len);
+            first.pack == f.pack
+                && f.offset >= end
+                && f.offset - end <= SPAN_GAP
+                && f.offset + u64::from(f.len) - first.offset <= SPAN_BYTES
+        });
+        match out.last_mut() {
+            Some(run) if joins => run.push((f, t)),
+            _ => out.push(vec![(f, t)]),
+        }
+    }
+    out
+}
+
+/// Reads a run of frames of one pack with a single range read; returns each frame's bytes.
+pub async fn read_span(bucket: &Bucket, frames: &[FrameRef]) -> Result<Vec<Bytes>> {
+    let (Some(first), Some(last)) = (frames.first(), frames.last()) else {
+        return Ok(Vec::new());
+    };
+    let whole = FrameRef {
+        pack: first.pack,
+        offset: first.offset,
+        len: (last.offset + u64::from(last.len) - first.offset) as u32,
+    };
+    let bytes = read_frame(bucket, &whole).await?;
+    Ok(frames
+        .iter()
+        .map(|f| {
+            let at = (f.offset - first.offset) as usize;
+            bytes.slice(at..at + f.len as usize)
+        })
+        .collect())
+}
+
 /// Reads one frame of a pack (a range read), retried like every store call.
 pub async fn read_frame(bucket: &Bucket, frame: &FrameRef) -> Result<Bytes> {
     let path = crate::pack::key(&frame.pack);

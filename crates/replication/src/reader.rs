@@ -218,10 +218,13 @@ pub async fn store_chunks(bucket: &Bucket, chunks: Vec<(ChunkId, Bytes)>) -> Res
         builder.push_frame(f);
     }
     let (id, parts, entries) = builder.finish();
-    pack::upload(bucket, &id, parts).await?;
-    bucket.sync().await?;
-    index::write(bucket, &entries).await?;
-    bucket.sync().await
+    let session = geosnap_engine::SnapshotId::generate();
+    crate::gc::with_marker(bucket, &session, async {
+        pack::upload(bucket, &id, parts).await?;
+        index::write(bucket, &entries).await?;
+        Ok(())
+    })
+    .await
 }
 
 thread_local! {
@@ -274,9 +277,9 @@ impl ChunkSource for RegionSource {
             return ids.iter().map(|id| vec![*id]).collect();
         };
         let (frames, unknown) = index.by_frame(ids);
-        frames
+        index::spans(frames)
             .into_iter()
-            .map(|(_, ids)| ids)
+            .map(|run| run.into_iter().flat_map(|(_, ids)| ids).collect())
             .chain(unknown.into_iter().map(|id| vec![id]))
             .collect()
     }
@@ -312,8 +315,9 @@ impl ChunkSource for RegionSource {
             }));
         }
         let mut out = Vec::with_capacity(ids.len());
-        for (frame, wanted) in frames {
-            let bytes = match self.handle.block_on(index::read_frame(store, &frame)) {
+        for run in index::spans(frames) {
+            let refs: Vec<_> = run.iter().map(|(f, _)| *f).collect();
+            let bytes = match self.handle.block_on(index::read_span(store, &refs)) {
                 Ok(b) => b,
                 Err(e) => {
                     if n == 0 && matches!(e, Error::RegionUnavailable { .. }) {
@@ -322,14 +326,23 @@ impl ChunkSource for RegionSource {
                     return Err(geosnap_engine::Error::store(e));
                 }
             };
-            let decoded =
-                decode_frame(&bytes).map_err(|e| geosnap_engine::Error::ChunkUnreadable {
-                    id: wanted[0],
-                    detail: format!("its frame in {store} does not decode: {e}"),
-                })?;
-            out.extend(decoded.chunks().filter(|(id, _)| wanted.contains(id)));
+            // A frame that does not decode yields nothing: its chunks fall back one by one.
+            for ((_, wanted), frame) in run.iter().zip(bytes) {
+                match decode_frame(&frame) {
+                    Ok(d) => out.extend(d.chunks().filter(|(id, _)| wanted.contains(id))),
+                    Err(e) => {
+                        tracing::debug!(store = %store, error = %e, "a frame does not decode");
+                    }
+                }
+            }
         }
         Ok(Some(out))
+    }
+
+    fn parallelism(&self) -> Option<usize> {
+        // Each group is a span of up to 2 MiB of frames, decoded: a dozen in flight keep a
+        // remote store busy and memory near 100 MiB.
+        Some(12)
     }
 
     fn recovered(&self, id: &ChunkId, _attempt: u32, data: &Bytes) {

@@ -2,7 +2,6 @@
 //! in the configuration, each seen through the simulator.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use geosnap_engine::manifest::Backing;
@@ -57,7 +56,6 @@ impl Region {
                 region: spec.name.clone(),
                 kind,
                 store: Arc::new(FaultyStore::new(opened.store, faults.clone())),
-                sync_root: opened.sync_root,
                 remote: opened.remote,
                 retry,
             })
@@ -97,8 +95,6 @@ impl Region {
 /// A store built from a URL, with what replication needs to know about it.
 struct OpenedStore {
     store: Arc<dyn ObjectStore>,
-    /// Local root to flush, for directory stores.
-    sync_root: Option<PathBuf>,
     /// Endpoint and bucket, for S3 stores.
     remote: Option<S3Location>,
 }
@@ -111,9 +107,8 @@ fn open_store(region: &str, url: &str, options: &BTreeMap<String, String>) -> Re
         reason,
     };
     let parsed = Url::parse(url).map_err(|e| config(format!("'{url}' is not a URL ({e})")))?;
-    let local = |store: Arc<dyn ObjectStore>, sync_root| OpenedStore {
+    let local = |store: Arc<dyn ObjectStore>| OpenedStore {
         store,
-        sync_root,
         remote: None,
     };
     match parsed.scheme() {
@@ -123,16 +118,18 @@ fn open_store(region: &str, url: &str, options: &BTreeMap<String, String>) -> Re
                 .map_err(|()| config(format!("'{url}' is not a local path")))?;
             std::fs::create_dir_all(&path)
                 .map_err(|e| config(format!("cannot create {}: {e}", path.display())))?;
+            // Every object is fsynced with its directory before its put returns, as an S3
+            // put is durable when it returns: a manifest never outruns its packs.
             let store = LocalFileSystem::new_with_prefix(&path)
-                .map_err(|e| config(format!("cannot open {}: {e}", path.display())))?;
-            Ok(local(Arc::new(store), Some(path)))
+                .map_err(|e| config(format!("cannot open {}: {e}", path.display())))?
+                .with_fsync(true);
+            Ok(local(Arc::new(store)))
         }
-        "memory" => Ok(local(Arc::new(InMemory::new()), None)),
+        "memory" => Ok(local(Arc::new(InMemory::new()))),
         "s3" => {
             let s3 = S3Config::parse(region, url, options)?;
             Ok(OpenedStore {
                 store: s3.open()?,
-                sync_root: None,
                 remote: Some(s3.location()),
             })
         }
@@ -155,7 +152,7 @@ fn open_store(region: &str, url: &str, options: &BTreeMap<String, String>) -> Re
             } else {
                 Arc::new(PrefixStore::new(store, prefix))
             };
-            Ok(local(store, None))
+            Ok(local(store))
         }
     }
 }

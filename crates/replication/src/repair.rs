@@ -100,6 +100,11 @@ pub async fn gather(sources: &[Bucket], wanted: HashSet<ChunkId>, concurrency: u
 /// Writes gathered chunks into `target`: whole frames copied into packs, loose chunks
 /// re-encoded; then one index object. Returns the chunks and bytes written.
 pub async fn store_gathered(target: &Bucket, g: Gathered, pack_bytes: usize) -> Result<(u64, u64)> {
+    let session = SnapshotId::generate();
+    crate::gc::with_marker(target, &session, store_gathered_now(target, g, pack_bytes)).await
+}
+
+async fn store_gathered_now(target: &Bucket, g: Gathered, pack_bytes: usize) -> Result<(u64, u64)> {
     let mut entries = Vec::new();
     let mut builder = PackBuilder::new();
     let (mut chunks, mut bytes) = (0u64, 0u64);
@@ -124,7 +129,6 @@ pub async fn store_gathered(target: &Bucket, g: Gathered, pack_bytes: usize) -> 
         crate::reader::store_chunks(target, g.loose).await?;
     }
     if !entries.is_empty() {
-        target.sync().await?;
         index::write(target, &entries).await?;
     }
     Ok((chunks, bytes))
@@ -139,37 +143,44 @@ pub async fn replicate_snapshot(
 ) -> Result<ReplicateReport> {
     let target = regions.get(to)?.bucket(StoreKind::Main).clone();
     let sources = regions.others(to);
-    let mut report = ReplicateReport::default();
     let (manifest, _) = fetch_manifest(&sources, id).await?;
-    let held = StoreIndex::load(&target).await?;
-    let missing: HashSet<ChunkId> = manifest
-        .chunk_ids()
-        .into_iter()
-        .filter(|c| !held.contains(c))
-        .collect();
-    if !missing.is_empty() {
-        let g = gather(&sources, missing, regions.tuning.upload_concurrency).await;
-        if let Some(first) = g.missing.first() {
-            return Err(Error::ChunkMissing {
-                id: *first,
-                region: "every other region".into(),
-            });
+    // The snapshot's own marker: gc spares what this copies until the manifest is there.
+    crate::gc::with_marker(&target, id, async {
+        let mut report = ReplicateReport::default();
+        let held = StoreIndex::load(&target).await?;
+        let missing: HashSet<ChunkId> = manifest
+            .chunk_ids()
+            .into_iter()
+            .filter(|c| !held.contains(c))
+            .collect();
+        if !missing.is_empty() {
+            let g = gather(&sources, missing, regions.tuning.upload_concurrency).await;
+            if let Some(first) = g.missing.first() {
+                return Err(Error::ChunkMissing {
+                    id: *first,
+                    region: "every other region".into(),
+                });
+            }
+            geosnap_engine::failpoint::hit("replicate-some-chunks");
+            let (chunks, bytes) = store_gathered_now(&target, g, regions.tuning.pack_bytes).await?;
+            report.copied_chunks = chunks;
+            report.copied_bytes = bytes;
         }
-        geosnap_engine::failpoint::hit("replicate-some-chunks");
-        let (chunks, bytes) = store_gathered(&target, g, regions.tuning.pack_bytes).await?;
-        report.copied_chunks = chunks;
-        report.copied_bytes = bytes;
-    }
-    target.sync().await?;
-    if !target.exists(&layout::manifest(id)).await? {
-        target
-            .put(&layout::manifest(id), Bytes::from(manifest.encode()?))
-            .await?;
-        target.sync().await?;
-        report.manifest_written = true;
-    }
-    target.delete(&layout::inflight(id)).await?;
-    Ok(report)
+        let key = layout::manifest(id);
+        if !target.exists(&key).await? {
+            target.put(&key, Bytes::from(manifest.encode()?)).await?;
+            report.manifest_written = true;
+        }
+        crate::gc::wait_listed(
+            &target,
+            &layout::snapshots_prefix(),
+            &key,
+            crate::gc::LISTING_WAIT,
+        )
+        .await?;
+        Ok(report)
+    })
+    .await
 }
 
 fn chunk_lengths(m: &Manifest) -> BTreeMap<ChunkId, usize> {

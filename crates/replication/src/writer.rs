@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+use crate::gc::LISTING_WAIT;
 use crate::index::{self, Entry, StoreIndex};
 use crate::pack::{self, PackBuilder};
 use geosnap_engine::codec::EncodedFrame;
@@ -83,8 +84,9 @@ pub async fn write_snapshot(
     // What each store holds, and an in-flight marker so gc spares what we add.
     let prepared = futures::future::join_all(buckets.into_iter().map(|b| async move {
         let ready = async {
-            b.put(&layout::inflight(&id), Bytes::from(now().to_string()))
-                .await?;
+            let marker = layout::inflight(&id);
+            b.put(&marker, Bytes::from(now().to_string())).await?;
+            crate::gc::wait_listed(&b, &layout::inflight_prefix(), &marker, LISTING_WAIT).await?;
             crate::gc::wait_for_gc(&b).await?;
             Ok::<_, Error>(StoreIndex::load(&b).await?.ids())
         }
@@ -176,20 +178,18 @@ pub async fn write_snapshot(
         };
         entries.push(got);
     }
-    // The packs are durable; now the index that finds their chunks, then a flush.
+    // The packs are durable; now the index that finds their chunks.
     futures::future::join_all(
         targets
             .iter()
             .zip(&entries)
             .filter(|(t, _)| t.active())
             .map(|(t, entries)| async move {
-                let r = async {
-                    if !entries.is_empty() {
-                        index::write(&t.bucket, entries).await?;
-                    }
-                    t.bucket.sync().await
-                }
-                .await;
+                let r = if entries.is_empty() {
+                    Ok(())
+                } else {
+                    index::write(&t.bucket, entries).await.map(|_| ())
+                };
                 if let Err(e) = r {
                     t.fail(e.to_string());
                 }
@@ -214,11 +214,7 @@ pub async fn write_snapshot(
     futures::future::join_all(targets.iter().filter(|t| t.active()).map(|t| {
         let encoded = encoded.clone();
         async move {
-            let r = async {
-                t.bucket.put(&layout::manifest(&id), encoded).await?;
-                t.bucket.sync().await
-            }
-            .await;
+            let r = t.bucket.put(&layout::manifest(&id), encoded).await;
             if let Err(e) = r {
                 t.fail(e.to_string());
             }
@@ -229,9 +225,20 @@ pub async fn write_snapshot(
         cleanup(&targets, &id, true).await;
         return Err(e);
     }
-    // The snapshot is committed in the quorum: markers of written stores can go.
+    // The snapshot is committed in the quorum: markers of written stores can go, once gc
+    // can see the manifest that now protects the chunks.
     for t in targets.iter().filter(|t| t.active()) {
-        let _ = t.bucket.delete(&layout::inflight(&id)).await;
+        let manifest = layout::manifest(&id);
+        let listed = crate::gc::wait_listed(
+            &t.bucket,
+            &layout::snapshots_prefix(),
+            &manifest,
+            LISTING_WAIT,
+        )
+        .await;
+        if matches!(listed, Ok(true)) {
+            let _ = t.bucket.delete(&layout::inflight(&id)).await;
+        }
     }
     let replicas = targets
         .iter()
