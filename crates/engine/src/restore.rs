@@ -3,7 +3,7 @@
 //! target; zero runs stay holes. Only a complete, fsynced file is renamed into place, so a
 //! failed restore leaves nothing at the target.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
@@ -226,16 +226,16 @@ impl Restore<'_> {
                 // The preferred copy failed as a whole: every chunk tries the others.
                 Err(e) => (Vec::new(), Some(e.to_string())),
             };
-            let mut done = Vec::with_capacity(group.len());
+            let wanted: HashSet<&ChunkId> = group.iter().collect();
+            let mut good: HashMap<ChunkId, Bytes> = HashMap::with_capacity(group.len());
             let mut failed: HashMap<ChunkId, Error> = HashMap::new();
             for (id, data) in fetched {
-                if done.contains(&id) || !group.contains(&id) {
+                if !wanted.contains(&id) || good.contains_key(&id) {
                     continue;
                 }
                 match self.check(&id, &data) {
                     Ok(()) => {
-                        self.write(&id, &data)?;
-                        done.push(id);
+                        good.insert(id, data);
                     }
                     Err(e) => {
                         failed.insert(id, e);
@@ -243,7 +243,7 @@ impl Restore<'_> {
                 }
             }
             for id in group {
-                if done.contains(id) {
+                if good.contains_key(id) {
                     continue;
                 }
                 let first = failed.remove(id).unwrap_or_else(|| match &group_err {
@@ -254,8 +254,9 @@ impl Restore<'_> {
                     None => Error::ChunkMissing { id: *id },
                 });
                 let data = self.fallback(id, first)?;
-                self.write(id, &data)?;
+                good.insert(*id, data);
             }
+            self.write_group(&good)?;
         }
     }
 
@@ -310,25 +311,53 @@ impl Restore<'_> {
         Err(first_err.unwrap_or(Error::ChunkMissing { id: *id }))
     }
 
-    fn write(&self, id: &ChunkId, data: &[u8]) -> Result<(), Error> {
-        let Some((len, offsets)) = self.places.get(id) else {
-            return Ok(());
-        };
-        for &off in offsets {
-            self.file
-                .write_all_at(data, off)
-                .map_err(|source| Error::Write {
-                    path: self.target.to_path_buf(),
-                    source,
-                })?;
-            self.progress.advance(u64::from(*len));
+    /// Writes every verified chunk of a group at all its offsets; neighbouring pieces go
+    /// out in one write (one syscall, one turn of the file's lock).
+    fn write_group(&self, good: &HashMap<ChunkId, Bytes>) -> Result<(), Error> {
+        let mut pieces: Vec<(u64, &Bytes)> = Vec::new();
+        for (id, data) in good {
+            if let Some((_, offsets)) = self.places.get(id) {
+                pieces.extend(offsets.iter().map(|&o| (o, data)));
+            }
         }
-        // Start writeback every 32 MiB, so the final fsync finds little left to do and the
-        // disk works while the threads decode.
-        let before = self
-            .written
-            .fetch_add(data.len() as u64 * offsets.len() as u64, Ordering::Relaxed);
-        if before / WRITEBACK_STEP != (before + data.len() as u64) / WRITEBACK_STEP {
+        pieces.sort_unstable_by_key(|p| p.0);
+        let mut run: Vec<u8> = Vec::new();
+        let mut i = 0;
+        while i < pieces.len() {
+            let (start, first) = pieces[i];
+            let mut end = start + first.len() as u64;
+            let mut j = i + 1;
+            while j < pieces.len() && pieces[j].0 == end {
+                end += pieces[j].1.len() as u64;
+                j += 1;
+            }
+            if j == i + 1 {
+                self.write_run(first, start)?;
+            } else {
+                run.clear();
+                for (_, d) in &pieces[i..j] {
+                    run.extend_from_slice(d);
+                }
+                self.write_run(&run, start)?;
+            }
+            i = j;
+        }
+        Ok(())
+    }
+
+    /// Writes one run; starts writeback every 32 MiB, so the final fsync finds little
+    /// left to do and the disk works while the threads decode.
+    fn write_run(&self, data: &[u8], offset: u64) -> Result<(), Error> {
+        self.file
+            .write_all_at(data, offset)
+            .map_err(|source| Error::Write {
+                path: self.target.to_path_buf(),
+                source,
+            })?;
+        let n = data.len() as u64;
+        self.progress.advance(n);
+        let before = self.written.fetch_add(n, Ordering::Relaxed);
+        if before / WRITEBACK_STEP != (before + n) / WRITEBACK_STEP {
             start_writeback(self.file);
         }
         Ok(())

@@ -256,7 +256,7 @@ pub async fn write(bucket: &Bucket, entries: &[Entry]) -> Result<PackId> {
 
 /// Bytes one read may span: neighbouring frames of a pack are fetched together, so a
 /// restore makes a few large requests rather than one per frame.
-pub const SPAN_BYTES: u64 = 2 << 20;
+pub const SPAN_BYTES: u64 = 1 << 20;
 /// Largest hole between two frames that one read bridges (frames it skips are wasted).
 const SPAN_GAP: u64 = 64 << 10;
 

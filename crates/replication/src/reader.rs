@@ -340,9 +340,9 @@ impl ChunkSource for RegionSource {
     }
 
     fn parallelism(&self) -> Option<usize> {
-        // Each group is a span of up to 2 MiB of frames, decoded: a dozen in flight keep a
-        // remote store busy and memory near 100 MiB.
-        Some(12)
+        // Each group is a span of up to 2 MiB of frames, decoded: six in flight keep a
+        // remote store busy and memory well under 128 MiB.
+        Some(6)
     }
 
     fn recovered(&self, id: &ChunkId, _attempt: u32, data: &Bytes) {
