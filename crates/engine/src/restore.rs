@@ -107,29 +107,26 @@ pub fn restore_image(
         .map_err(write_err)?;
     progress.start(manifest.header.image_size);
 
-    // Every distinct chunk with its length and the offsets it is written at.
-    let mut places: HashMap<ChunkId, (u32, Vec<u64>)> = HashMap::new();
-    let mut order = Vec::new();
+    // Every chunk extent, sorted by id: where each distinct chunk goes (48 bytes per
+    // extent, the least a restore can know).
+    let mut places: Vec<(ChunkId, u64, u32)> = Vec::new();
     let mut data_bytes = 0u64;
-    let mut chunk_count = 0u64;
     for e in &manifest.extents {
         match *e {
             Extent::Chunk { offset, len, id } => {
                 data_bytes += u64::from(len);
-                chunk_count += 1;
-                places
-                    .entry(id)
-                    .or_insert_with(|| {
-                        order.push(id);
-                        (len, Vec::new())
-                    })
-                    .1
-                    .push(offset);
+                places.push((id, offset, len));
             }
             Extent::Zero { len, .. } => progress.advance(len),
         }
     }
-    let groups = source.plan(&order);
+    let chunk_count = places.len() as u64;
+    places.sort_unstable_by_key(|p| p.0);
+    let mut distinct: Vec<ChunkId> = places.iter().map(|p| p.0).collect();
+    distinct.dedup();
+    let groups = source.plan(&distinct);
+    drop(distinct);
+    let places = Places(places);
     let next = AtomicUsize::new(0);
     let written = AtomicU64::new(0);
     let recovered = AtomicU64::new(0);
@@ -196,10 +193,22 @@ pub fn restore_image(
     })
 }
 
+/// Chunk extents sorted by chunk id.
+struct Places(Vec<(ChunkId, u64, u32)>);
+
+impl Places {
+    /// Every extent of chunk `id` (offset, length).
+    fn of(&self, id: &ChunkId) -> &[(ChunkId, u64, u32)] {
+        let start = self.0.partition_point(|p| p.0 < *id);
+        let end = start + self.0[start..].partition_point(|p| p.0 == *id);
+        &self.0[start..end]
+    }
+}
+
 /// What the restore threads share.
 struct Restore<'a> {
     groups: &'a [Vec<ChunkId>],
-    places: &'a HashMap<ChunkId, (u32, Vec<u64>)>,
+    places: &'a Places,
     next: &'a AtomicUsize,
     written: &'a AtomicU64,
     cancel: &'a AtomicBool,
@@ -262,7 +271,7 @@ impl Restore<'_> {
 
     /// The chunk's bytes have the manifest's length and hash to its id.
     fn check(&self, id: &ChunkId, data: &[u8]) -> Result<(), Error> {
-        let want = self.places.get(id).map(|p| p.0 as usize).unwrap_or(0);
+        let want = self.places.of(id).first().map_or(0, |p| p.2 as usize);
         if data.len() != want {
             return Err(Error::ChunkCorrupt {
                 id: *id,
@@ -316,9 +325,7 @@ impl Restore<'_> {
     fn write_group(&self, good: &HashMap<ChunkId, Bytes>) -> Result<(), Error> {
         let mut pieces: Vec<(u64, &Bytes)> = Vec::new();
         for (id, data) in good {
-            if let Some((_, offsets)) = self.places.get(id) {
-                pieces.extend(offsets.iter().map(|&o| (o, data)));
-            }
+            pieces.extend(self.places.of(id).iter().map(|p| (p.1, data)));
         }
         pieces.sort_unstable_by_key(|p| p.0);
         let mut run: Vec<u8> = Vec::new();

@@ -169,7 +169,7 @@ pub fn snapshot_image(
             });
         }
         drop(done_tx);
-        let r = read_image(image, opts, &job_tx, &cancel, progress);
+        let r = read_image(image, opts, &job_tx, &done_rx, &cancel, progress);
         drop(job_tx);
         r
     });
@@ -177,18 +177,9 @@ pub fn snapshot_image(
     if let Some(e) = failure.lock().ok().and_then(|mut f| f.take()) {
         return Err(e);
     }
-    let (mut extents, mut stats) = read?;
-    let mut filled = 0u64;
+    let (mut extents, mut stats, mut filled) = read?;
     for d in done_rx.iter() {
-        for (index, chunk) in d.ids {
-            if let Some(Extent::Chunk { id, .. }) = extents.get_mut(index) {
-                *id = chunk;
-                filled += 1;
-            }
-        }
-        stats.new_chunks += d.new_chunks;
-        stats.new_bytes += d.new_bytes;
-        stats.stored_bytes += d.stored;
+        filled += apply(d, &mut extents, &mut stats);
     }
     if filled != stats.chunks {
         return Err(Error::Cancelled);
@@ -196,14 +187,30 @@ pub fn snapshot_image(
     Ok(Scanned { extents, stats })
 }
 
+/// Records a finished job's chunk ids and figures; returns how many extents it filled.
+fn apply(d: Done, extents: &mut [Extent], stats: &mut SnapshotStats) -> u64 {
+    let mut filled = 0;
+    for (index, chunk) in d.ids {
+        if let Some(Extent::Chunk { id, .. }) = extents.get_mut(index) {
+            *id = chunk;
+            filled += 1;
+        }
+    }
+    stats.new_chunks += d.new_chunks;
+    stats.new_bytes += d.new_bytes;
+    stats.stored_bytes += d.stored;
+    filled
+}
+
 /// The reader: windows in, jobs and extents out.
 fn read_image(
     image: &Image,
     opts: &SnapshotOptions,
     jobs: &crossbeam_channel::Sender<Job>,
+    done: &crossbeam_channel::Receiver<Done>,
     cancel: &AtomicBool,
     progress: &dyn Progress,
-) -> Result<(Vec<Extent>, SnapshotStats), Error> {
+) -> Result<(Vec<Extent>, SnapshotStats, u64), Error> {
     let size = image.size();
     let window = opts.window();
     let mut scanner = Scanner::new(opts.chunker);
@@ -213,6 +220,7 @@ fn read_image(
         ..SnapshotStats::default()
     };
     let stopped = std::cell::Cell::new(false);
+    let mut filled = 0u64;
     let mut batch: Vec<(usize, Bytes)> = Vec::new();
     let mut batch_bytes = 0usize;
     let send = |batch: &mut Vec<(usize, Bytes)>, batch_bytes: &mut usize| {
@@ -243,6 +251,10 @@ fn read_image(
             });
             if batch_bytes + data.len() > FRAME_TARGET {
                 send(&mut batch, &mut batch_bytes);
+                // Take in what the workers finished, so results never pile up.
+                for d in done.try_iter() {
+                    filled += apply(d, &mut extents, &mut stats);
+                }
             }
             batch_bytes += data.len();
             batch.push((extents.len() - 1, data));
@@ -274,5 +286,5 @@ fn read_image(
     if stopped.get() {
         return Err(Error::Cancelled);
     }
-    Ok((extents, stats))
+    Ok((extents, stats, filled))
 }

@@ -419,6 +419,9 @@ impl Target {
     }
 }
 
+/// Index entries a store's writer holds before it writes them as an index object.
+const INDEX_FLUSH: usize = 1 << 16;
+
 /// Packs the frames queued for one store and uploads each pack once it is large enough,
 /// `tuning.upload_concurrency` packs at a time; returns the index entries of every pack
 /// written (empty if the store failed).
@@ -468,6 +471,13 @@ async fn upload(
                 if let Some(Ok(Some(e))) = inflight.join_next().await {
                     entries.extend(e);
                 }
+            }
+            // Index what is durable as it goes, so memory does not grow with the image.
+            if entries.len() >= INDEX_FLUSH {
+                if let Err(e) = index::write(&t.bucket, &entries).await {
+                    t.fail(e.to_string());
+                }
+                entries.clear();
             }
         }
     }
