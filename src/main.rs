@@ -464,7 +464,7 @@ fn bench(
             .collect();
         s += &table(&["STAGE", "RATE"], &rows);
         s += &format!(
-            "\nceiling: {:.2} core-seconds per GiB of this image (read + zero check + SHA-256 + zstd) \
+            "\nceiling: {:.2} core-seconds per GiB of this image (read + zero check + SHA-256 + zstd + one pack copy per region) \
              -> {:.0} MB/s on {} cores\n",
             r.core_seconds_per_gib, r.ceiling_mb_per_s, r.cores
         );

@@ -204,7 +204,7 @@ fn killed_while_replicating_to_the_third_region() {
 
 #[test]
 fn killed_while_pruning_between_manifests_and_catalog() {
-    let (env, _img, committed) = setup();
+    let (env, img, _committed) = setup();
     env.ok(&["snapshot", "take", "vm", "--name", "keep"]);
     let daily = env.snapshot("vm/committed");
     let at = geosnap_catalog::clock::format_rfc3339(daily["expires_at"].as_i64().unwrap());
@@ -218,7 +218,16 @@ fn killed_while_pruning_between_manifests_and_catalog() {
     let list = env.json(&["snapshot", "list"]);
     assert_eq!(list.as_array().unwrap().len(), 1);
     env.ok(&["verify"]);
-    let _ = committed;
+    // What is left still restores byte-identical from its home region alone.
+    let out = env.path("keep.img");
+    env.ok(&[
+        "restore",
+        "vm/keep",
+        "--to",
+        out.to_str().unwrap(),
+        "--strict-region",
+    ]);
+    assert!(same(&out, &img));
 }
 
 #[test]
@@ -227,7 +236,21 @@ fn killed_during_the_gc_sweep() {
     env.ok(&["snapshot", "take", "vm", "--name", "new"]);
     env.ok(&["snapshot", "delete", "vm/new"]);
     crash(&env, &["gc"], "gc-sweep");
-    // A leftover gc/running marker must not block work for long: the rerun clears it.
+    // The dead gc's marker stops no one once it is stale (a live gc refreshes it every
+    // 10 s): age it by two minutes and a snapshot goes straight through.
+    let markers = env.stored_files("gc/running");
+    assert!(!markers.is_empty(), "the killed gc left no marker");
+    for m in &markers {
+        let old = std::time::SystemTime::now() - std::time::Duration::from_secs(120);
+        std::fs::File::options()
+            .write(true)
+            .open(m)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+    }
+    env.ok(&["snapshot", "take", "vm", "--name", "after-dead-gc"]);
+    // The rerun finishes the sweep and clears the marker.
     env.ok(&["gc"]);
     assert!(env.stored_files("gc/running").is_empty());
     env.ok(&["snapshot", "take", "vm", "--name", "again"]);

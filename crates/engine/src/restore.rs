@@ -53,8 +53,8 @@ pub struct RestoreStats {
     pub recovered_chunks: u64,
 }
 
-/// Checks a restore target before any work: its directory exists, and it is not taken
-/// unless overwriting.
+/// Checks a restore target before any work: its directory exists, it is not taken unless
+/// overwriting, and if it exists it is a regular file (never a device, link or directory).
 pub fn check_target(target: &Path, overwrite: bool) -> Result<PathBuf, Error> {
     let dir = match target.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
@@ -67,10 +67,30 @@ pub fn check_target(target: &Path, overwrite: bool) -> Result<PathBuf, Error> {
         });
     }
     match std::fs::symlink_metadata(target) {
-        Ok(m) if m.is_dir() => Err(Error::Write {
-            path: target.to_path_buf(),
-            source: io::Error::other("it is a directory"),
-        }),
+        Ok(m) if !m.is_file() => {
+            use std::os::unix::fs::FileTypeExt;
+            let t = m.file_type();
+            let what = if t.is_dir() {
+                "a directory"
+            } else if t.is_symlink() {
+                "a symbolic link"
+            } else if t.is_block_device() {
+                "a block device"
+            } else if t.is_char_device() {
+                "a character device"
+            } else {
+                "not a regular file"
+            };
+            // A restore replaces its target by renaming a complete file over it, which
+            // would swap a device node or a link for a plain file: refuse, even with
+            // --force.
+            Err(Error::Write {
+                path: target.to_path_buf(),
+                source: io::Error::other(format!(
+                    "it is {what}; geosnap restores only to regular files"
+                )),
+            })
+        }
         Ok(_) if !overwrite => Err(Error::TargetExists {
             path: target.to_path_buf(),
         }),
@@ -122,6 +142,21 @@ pub fn restore_image(
     }
     let chunk_count = places.len() as u64;
     places.sort_unstable_by_key(|p| p.0);
+    // One id is one content, so one length: a manifest giving an id two lengths is corrupt
+    // (each chunk is checked against the first, and written at every place).
+    if let Some(w) = places
+        .windows(2)
+        .find(|w| w[0].0 == w[1].0 && w[0].2 != w[1].2)
+    {
+        return Err(Error::ManifestCorrupt(format!(
+            "chunk {} is {} bytes at offset {} but {} bytes at offset {}",
+            w[0].0.short(),
+            w[0].2,
+            w[0].1,
+            w[1].2,
+            w[1].1
+        )));
+    }
     let mut distinct: Vec<ChunkId> = places.iter().map(|p| p.0).collect();
     distinct.dedup();
     let groups = source.plan(&distinct);

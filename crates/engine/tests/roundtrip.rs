@@ -3,7 +3,7 @@
 #![allow(clippy::unwrap_used)]
 
 use std::fs;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -301,4 +301,71 @@ fn a_manifest_whose_lengths_do_not_match_its_chunks_writes_nothing() {
     let err = restore_image(&m, &store, &out, &RestoreOptions::default(), &NoProgress).unwrap_err();
     assert!(err.to_string().contains("manifest expects"), "{err}");
     assert!(!out.exists());
+}
+
+#[test]
+fn a_manifest_giving_one_chunk_two_lengths_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("img");
+    // Two equal 16 KiB halves followed by a distinct 4 KiB tail: the halves share an id.
+    let half: Vec<u8> = (0..16384u32).map(|i| (i * 7 % 251) as u8 + 1).collect();
+    let tail: Vec<u8> = (0..4096u32).map(|i| (i * 13 % 241) as u8 + 1).collect();
+    fs::write(&p, [&half[..], &half[..], &tail[..]].concat()).unwrap();
+    let store = DirStore::new(&dir.path().join("store")).unwrap();
+    let mut m = snapshot(&p, &store, ChunkerParams::fixed(16384).unwrap());
+    // Give the second extent the tail's length while it keeps the half's id, and the tail
+    // the rest: every total still adds up, and the first place of the id still verifies.
+    let (second, third) = match m.extents.as_mut_slice() {
+        [
+            _,
+            Extent::Chunk { len: b, .. },
+            Extent::Chunk { offset, len: c, .. },
+        ] => (b, (offset, c)),
+        other => panic!("expected three chunks, got {other:?}"),
+    };
+    *second = 4096;
+    *third.0 = 16384 + 4096;
+    *third.1 = 16384;
+    let m = Manifest::decode(&m.encode().unwrap()).unwrap();
+    let out = dir.path().join("out");
+    let err = restore_image(&m, &store, &out, &RestoreOptions::default(), &NoProgress).unwrap_err();
+    assert!(matches!(err, Error::ManifestCorrupt(_)), "{err}");
+    assert!(err.to_string().contains("4096 bytes"), "{err}");
+    assert!(!out.exists());
+}
+
+#[test]
+fn restore_never_replaces_a_link_or_a_device_even_when_forced() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("img");
+    generate(&p, 256 << 10, Profile::Random, 6).unwrap();
+    let store = DirStore::new(&dir.path().join("store")).unwrap();
+    let m = snapshot(&p, &store, ChunkerParams::default());
+    let overwrite = RestoreOptions {
+        overwrite: true,
+        ..Default::default()
+    };
+    let precious = dir.path().join("precious");
+    fs::write(&precious, b"precious").unwrap();
+    let link = dir.path().join("link");
+    std::os::unix::fs::symlink(&precious, &link).unwrap();
+    let err = restore_image(&m, &store, &link, &overwrite, &NoProgress).unwrap_err();
+    assert!(err.to_string().contains("symbolic link"), "{err}");
+    assert!(
+        fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    assert_eq!(fs::read(&precious).unwrap(), b"precious");
+    // /dev/null is a character device on every Linux machine the tests run on.
+    let err =
+        restore_image(&m, &store, Path::new("/dev/null"), &overwrite, &NoProgress).unwrap_err();
+    assert!(err.to_string().contains("character device"), "{err}");
+    assert!(
+        fs::metadata("/dev/null")
+            .unwrap()
+            .file_type()
+            .is_char_device()
+    );
 }

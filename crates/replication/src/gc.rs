@@ -30,8 +30,12 @@ use crate::pack::{self, PackBuilder};
 use crate::region::Regions;
 use crate::{Error, Result, layout};
 
-/// How long a `gc/running` marker counts as a live gc.
-pub const GC_MARKER_STALE: Duration = Duration::from_secs(600);
+/// How often a running gc rewrites `gc/running`, so that writers can tell it is alive.
+pub const GC_HEARTBEAT: Duration = Duration::from_secs(10);
+
+/// How long a `gc/running` marker counts as a live gc: six missed heartbeats. A gc killed
+/// mid-sweep holds writers back no longer than this.
+pub const GC_MARKER_STALE: Duration = Duration::from_secs(60);
 
 /// How gc behaves.
 #[derive(Clone, Copy, Debug)]
@@ -105,11 +109,29 @@ pub async fn gc_store(b: &Bucket, opts: &GcOptions) -> Result<GcReport> {
         b.put(&layout::gc_running(), Bytes::from(Utc::now().to_rfc3339()))
             .await?;
     }
-    let result = sweep(b, opts, &mut report).await;
+    let result = if opts.dry_run {
+        sweep(b, opts, &mut report).await
+    } else {
+        // The sweep runs only while its heartbeat lands: a gc that cannot refresh its
+        // marker stops before writers could take the marker as stale.
+        tokio::select! {
+            r = sweep(b, opts, &mut report) => r,
+            Err(e) = heartbeat(b) => Err(e),
+        }
+    };
     if !opts.dry_run {
         b.delete(&layout::gc_running()).await?;
     }
     result.map(|()| report)
+}
+
+/// Rewrites `gc/running` every [`GC_HEARTBEAT`]; returns only when a rewrite fails.
+async fn heartbeat(b: &Bucket) -> Result<()> {
+    loop {
+        tokio::time::sleep(GC_HEARTBEAT).await;
+        b.put(&layout::gc_running(), Bytes::from(Utc::now().to_rfc3339()))
+            .await?;
+    }
 }
 
 /// A frame and its indexed chunks, each marked live or dead.
@@ -332,6 +354,7 @@ pub async fn gc_all(regions: &Regions, opts: &GcOptions) -> Vec<Result<GcReport>
 /// HEAD, which sees a new object at once even where listings lag.
 pub async fn wait_for_gc(b: &Bucket) -> Result<()> {
     let key = layout::gc_running();
+    let mut told = false;
     loop {
         let meta = match crate::retry::retry(b.retry, || b.store.head(&key)).await {
             Ok(m) => m,
@@ -342,7 +365,12 @@ pub async fn wait_for_gc(b: &Bucket) -> Result<()> {
             .to_std()
             .unwrap_or(Duration::ZERO);
         if age >= GC_MARKER_STALE {
+            tracing::warn!(store = %b, "gc/running is {}s old: taken as left by a dead gc", age.as_secs());
             return Ok(());
+        }
+        if !told {
+            tracing::warn!(store = %b, "waiting for a running gc to finish its sweep");
+            told = true;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
