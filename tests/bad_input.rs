@@ -51,8 +51,23 @@ fn unknown_things_are_named() {
     assert!(err.contains("unknown region"), "{err}");
     let err = env.error(&["region", "fail", "de-1", "--mode", "sideways"]);
     assert!(err.contains("not a fault mode"), "{err}");
-    let err = env.error(&["restore", "x", "--to", "/tmp/x", "--region", "mars-1"]);
-    assert!(err.contains("not found"), "{err}");
+    env.ok(&["snapshot", "take", "vm", "--name", "s"]);
+    let out = env.path("out.img");
+    let err = env.error(&[
+        "restore",
+        "vm/s",
+        "--to",
+        out.to_str().unwrap(),
+        "--region",
+        "mars-1",
+    ]);
+    assert!(
+        err.contains("unknown region 'mars-1'") && err.contains("nl-1"),
+        "{err}"
+    );
+    assert!(!out.exists());
+    let err = env.error(&["instance", "delete", "vm"]);
+    assert!(err.contains("--with-snapshots"), "{err}");
 }
 
 #[test]

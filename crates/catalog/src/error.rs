@@ -56,7 +56,10 @@ pub enum Error {
         name: String,
     },
     /// The instance still has snapshots, so it cannot be deleted.
-    #[error("instance '{name}' still has {count} snapshot(s); delete them first")]
+    #[error(
+        "instance '{name}' still has {count} snapshot(s); delete them first, or pass \
+         --with-snapshots to delete them with it"
+    )]
     InstanceHasSnapshots {
         /// Instance name.
         name: String,
@@ -78,7 +81,10 @@ pub enum Error {
         id: String,
     },
     /// No snapshot matches the id, id prefix or name.
-    #[error("snapshot '{key}' not found")]
+    #[error(
+        "snapshot '{key}' not found (name a snapshot as INSTANCE/NAME, by its name, or by at \
+         least 6 hex digits of its id)"
+    )]
     SnapshotNotFound {
         /// What was looked for.
         key: String,

@@ -47,6 +47,16 @@ pub enum Error {
         /// What was asked.
         verb: &'static str,
     },
+    /// An instance whose catalog entry was rebuilt from manifests, which hold no image path.
+    #[error(
+        "instance {instance} has no image path (its catalog entry was rebuilt from a region's \
+         manifests, which do not record one): its snapshots restore, but a new snapshot needs \
+         an instance created with --image"
+    )]
+    NoImage {
+        /// Instance name.
+        instance: String,
+    },
     /// A job ended in failure.
     #[error("{0}")]
     JobFailed(String),

@@ -40,7 +40,7 @@ impl Geosnap {
         }
         let from = match &opts.region {
             Some(r) => self.regions.get(r)?.name().to_string(),
-            None => snap.home_region.clone(),
+            None => self.default_source(&snap)?,
         };
         // Fail before any work if the target is unusable.
         geosnap_engine::restore::check_target(to, opts.force)?;
@@ -55,5 +55,25 @@ impl Geosnap {
         };
         let progress = ui.progress(&format!("restore {}/{}", snap.instance, snap.name));
         Ok(self.block_on(restore_snapshot(&self.regions, req, progress))?)
+    }
+
+    /// The home region when this data dir's config has it; otherwise (a catalog rebuilt
+    /// from a surviving region after the home was lost) the first configured region that
+    /// holds a written copy.
+    fn default_source(&self, snap: &geosnap_catalog::Snapshot) -> Result<String> {
+        let names = self.regions.names();
+        if names.contains(&snap.home_region.as_str()) {
+            return Ok(snap.home_region.clone());
+        }
+        let replicas = self.catalog.replicas(&snap.id)?;
+        Ok(names
+            .iter()
+            .find(|n| {
+                replicas
+                    .iter()
+                    .any(|r| r.region == **n && r.state == geosnap_catalog::ReplicaState::Written)
+            })
+            .or(names.first())
+            .map_or_else(|| snap.home_region.clone(), |n| n.to_string()))
     }
 }

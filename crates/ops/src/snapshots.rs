@@ -39,6 +39,11 @@ impl Geosnap {
     ) -> Result<(Snapshot, Job)> {
         geosnap_catalog::names::validate_name("snapshot", name)?;
         let inst = self.catalog.instance(instance)?;
+        if inst.image_path.is_empty() {
+            return Err(crate::Error::NoImage {
+                instance: instance.to_string(),
+            });
+        }
         Image::open(std::path::Path::new(&inst.image_path))?;
         let now = self.now();
         let new = NewSnapshot {

@@ -68,9 +68,7 @@ pub enum Error {
         asked: String,
     },
     /// Fewer regions than the write quorum hold the snapshot.
-    #[error(
-        "snapshot failed: only {written} of {needed} required regions could be written ({reasons})"
-    )]
+    #[error("only {written} of {needed} required regions could be written ({reasons})")]
     QuorumNotMet {
         /// Regions that hold every chunk.
         written: usize,
