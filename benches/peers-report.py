@@ -5,7 +5,7 @@ Usage: peers-report.py RESULTS.tsv META.txt
 
 RESULTS.tsv has one line per measured command and repetition:
   tool setting op rep status wall user sys rss_kib stored stored_all identical alloc
-  src_alloc image_size log
+  src_alloc image_size log sync
 ('-' where a field does not apply). META.txt holds key=value lines for the header.
 Every figure in the table is the median over the repetitions; the ratio column is the
 tool's median wall time divided by geosnap's for the same operation (> 1: geosnap faster).
@@ -42,10 +42,12 @@ def main():
     with open(results_path) as f:
         for line in f:
             parts = line.rstrip("\n").split("\t")
-            if len(parts) != 16:
+            if len(parts) == 16:
+                parts.append("-")  # results from before the sync column
+            if len(parts) != 17:
                 continue
             keys = ("tool setting op rep status wall user sys rss stored stored_all "
-                    "identical alloc src_alloc size log").split()
+                    "identical alloc src_alloc size log sync").split()
             rows.append(dict(zip(keys, parts)))
     meta = []
     with open(meta_path) as f:
@@ -62,10 +64,15 @@ def main():
     def group(tool, setting, op):
         return [r for r in rows if (r["tool"], r["setting"], r["op"]) == (tool, setting, op)]
 
-    geo_wall = {}
+    def durable(r):
+        w, s = num(r["wall"]), num(r["sync"])
+        return None if w is None or s is None else w + s
+
+    geo_wall, geo_durable = {}, {}
     for op, _ in OPS:
         g = [r for r in group("geosnap", "default", op) if r["status"] == "ok"]
         geo_wall[op] = med([num(r["wall"]) for r in g])
+        geo_durable[op] = med([durable(r) for r in g])
 
     out = []
     meta_d = {}
@@ -82,8 +89,9 @@ def main():
     out.append("Images: " + "; ".join(meta_d.get("image", [])))
     out.append("")
     out.append("| tool | setting | operation | wall s | CPU s (user+sys) | peak RSS MiB | "
-               "stored MB | MB/s (logical) | wall ÷ geosnap | identical | sparse |")
-    out.append("|---|---|---|---:|---:|---:|---:|---:|---:|---|---|")
+               "stored MB | MB/s (logical) | wall ÷ geosnap | wall + sync s | "
+               "(wall + sync) ÷ geosnap | identical | sparse |")
+    out.append("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|")
     for op, label in OPS:
         for tool, setting in cases:
             g = group(tool, setting, op)
@@ -93,7 +101,7 @@ def main():
             failed = len(g) - len(ok)
             if not ok:
                 logs = ", ".join(f"logs/{r['log']}.out" for r in g)
-                out.append(f"| {tool} | {setting} | {label} | FAILED | | | | | | | "
+                out.append(f"| {tool} | {setting} | {label} | FAILED | | | | | | | | | "
                            f"see {logs} |")
                 continue
             wall = med([num(r["wall"]) for r in ok])
@@ -102,6 +110,8 @@ def main():
             size = num(ok[0]["size"])
             mbps = size / 1e6 / wall if wall else None
             ratio = wall / geo_wall[op] if wall and geo_wall.get(op) else None
+            dur = med([durable(r) for r in ok])
+            dur_ratio = dur / geo_durable[op] if dur and geo_durable.get(op) else None
             stored = "—"
             if op in ("full", "incr", "dense-full"):
                 s = med([num(r["stored"]) for r in ok])
@@ -125,15 +135,18 @@ def main():
                 wall_cell += f" ({min(walls):.1f}–{max(walls):.1f})"
             out.append(f"| {tool} | {setting}{note} | {label} | {wall_cell} | {fmt(cpu, 2)} | "
                        f"{fmt(rss, 0)} | {stored} | {fmt(mbps, 0)} | "
-                       f"{fmt(ratio, 2)} | {identical} | {sparse} |")
+                       f"{fmt(ratio, 2)} | {fmt(dur, 2)} | {fmt(dur_ratio, 2)} | "
+                       f"{identical} | {sparse} |")
     for s in meta_d.get("skipped", []):
         tool, why = s.split(": ", 1)
-        out.append(f"| {tool} | — | all | {why} | | | | | | | |")
+        out.append(f"| {tool} | — | all | {why} | | | | | | | | | |")
     out.append("")
     out.append("Notes: wall, CPU and RSS from `/usr/bin/time -f '%e %U %S %M'`, medians per column "
                "(wall: min–max of the runs in brackets); "
                "inputs in the page cache (`cat img > /dev/null`), `sync` before each command, "
-               "restores timed as the tools run them (write-back after a tool exits is not timed); "
+               "wall = the command as the tool runs it; wall + sync adds a `sync` right after it, "
+               "i.e. the time until what the tool wrote is on disk (geosnap fsyncs its "
+               "regions and restored files itself, some peers leave write-back to the kernel); "
                "repositories on the work dir's filesystem, a fresh one per repetition. "
                "Stored MB = `du -sb` of the repository in 10^6 bytes (geosnap: region it-1, "
                "all three regions in brackets); incremental rows give what the second snapshot "

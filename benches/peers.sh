@@ -234,9 +234,11 @@ bytes_of() { du -sb "$1" | cut -f1; }
 # 3. Measurement primitives
 # ---------------------------------------------------------------------------------------
 # run_timed LOG CMD...: runs CMD under GNU time, sets T_WALL T_USER T_SYS T_RSS
-# (seconds, seconds, seconds, KiB) and returns CMD's status. Its output goes to LOG.out.
-# `sync` first so that write-back of the previous step does not land in this one. A command
-# that runs longer than $PEERS_TIMEOUT seconds is killed (with its process group) and fails.
+# (seconds, seconds, seconds, KiB) and T_SYNC (seconds a `sync` right after CMD takes: the
+# write-back CMD left for the kernel, so wall + sync is the time until its output is on
+# disk) and returns CMD's status. Its output goes to LOG.out. `sync` first so that
+# write-back of the previous step does not land in this one. A command that runs longer
+# than $PEERS_TIMEOUT seconds is killed (with its process group) and fails.
 run_timed() {
   local log="$LOGS/$1" rc=0; shift
   sync
@@ -244,6 +246,9 @@ run_timed() {
   timeout -k 10 "$TIMEOUT" /usr/bin/time -f '%e %U %S %M' -o "$log.time" "$@" >"$log.out" 2>&1 || rc=$?
   [[ $rc -eq 124 || $rc -eq 137 ]] && echo "peers.sh: killed after ${TIMEOUT} s (PEERS_TIMEOUT)" >>"$log.out"
   [[ $rc -ne 0 ]] && echo "peers.sh: exit status $rc" >>"$log.out"
+  local s0 s1
+  s0=$(date +%s.%N); sync; s1=$(date +%s.%N)
+  T_SYNC=$(awk -v a="$s0" -v b="$s1" 'BEGIN { printf "%.3f", b - a }')
   T_WALL=- T_USER=- T_SYS=- T_RSS=-
   if [[ -s "$log.time" ]]; then read -r T_WALL T_USER T_SYS T_RSS < <(tail -n1 "$log.time"); fi
   return "$rc"
@@ -253,14 +258,14 @@ warm() { cat "$1" >/dev/null; }
 
 # record TOOL SETTING OP REP STATUS STORED STORED_ALL IDENTICAL ALLOC SRC_ALLOC SIZE LOG
 record() {
-  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
     "$1" "$2" "$3" "$4" "$5" "$T_WALL" "$T_USER" "$T_SYS" "$T_RSS" \
-    "$6" "$7" "$8" "$9" "${10}" "${11}" "${12}" >>"$RESULTS"
+    "$6" "$7" "$8" "$9" "${10}" "${11}" "${12}" "$T_SYNC" >>"$RESULTS"
 }
 fail_row() { # fail_row TOOL SETTING OP REP LOG
   echo "peers.sh: $1 ($2) $3 failed; last lines of $LOGS/$5.out:" >&2
   tail -n 5 "$LOGS/$5.out" >&2 || true
-  T_WALL=- T_USER=- T_SYS=- T_RSS=-
+  T_WALL=- T_USER=- T_SYS=- T_RSS=- T_SYNC=-
   record "$1" "$2" "$3" "$4" failed - - - - - - "$5"
   FAILURES=$((FAILURES + 1))
 }

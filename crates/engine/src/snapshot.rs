@@ -136,32 +136,39 @@ pub fn snapshot_image(
                         continue;
                     }
                     let mut ids = Vec::with_capacity(job.chunks.len());
-                    let mut fresh: Vec<(ChunkId, &[u8])> = Vec::new();
+                    let mut fresh: Vec<(u32, ChunkId, &[u8])> = Vec::new();
                     for (index, data) in &job.chunks {
                         let id = ChunkId::of(data);
                         ids.push((*index, id));
-                        if sink.claim(&id) {
-                            fresh.push((id, data));
+                        if let Some(class) = sink.claim(&id) {
+                            fresh.push((class, id, data));
                         }
                     }
                     let mut done = Done {
                         ids,
                         new_chunks: fresh.len() as u64,
-                        new_bytes: fresh.iter().map(|f| f.1.len() as u64).sum(),
+                        new_bytes: fresh.iter().map(|f| f.2.len() as u64).sum(),
                         stored: 0,
                     };
-                    if !fresh.is_empty() {
-                        let put = enc.encode(&fresh).and_then(|frame| {
+                    // One frame per class (nearly always one class per job).
+                    fresh.sort_by_key(|f| f.0);
+                    for class in fresh.chunk_by(|a, b| a.0 == b.0) {
+                        let chunks: Vec<(ChunkId, &[u8])> =
+                            class.iter().map(|f| (f.1, f.2)).collect();
+                        let put = enc.encode(&chunks).and_then(|frame| {
                             let n = frame.bytes.len() as u64;
                             sink.put_frame(frame).map(|()| n)
                         });
                         match put {
-                            Ok(n) => done.stored = n,
+                            Ok(n) => done.stored += n,
                             Err(e) => {
                                 fail(e);
-                                continue;
+                                break;
                             }
                         }
+                    }
+                    if cancel.load(Ordering::Relaxed) {
+                        continue;
                     }
                     progress.advance(job.chunks.iter().map(|c| c.1.len() as u64).sum());
                     let _ = done_tx.send(done);

@@ -17,9 +17,12 @@ use crate::{ChunkId, Error};
 
 /// Where a snapshot's new chunks go.
 pub trait ChunkSink: Sync {
-    /// Claims `id`: `true` if the caller must store it, `false` if the store holds it
-    /// already or another worker is storing it. Lets known chunks skip compression.
-    fn claim(&self, id: &ChunkId) -> bool;
+    /// Claims `id`: `Some(class)` if the caller must store it, `None` if the store holds it
+    /// already or another worker is storing it (known chunks skip compression). Chunks of
+    /// different classes never share a frame: a sink that sends frames to several places
+    /// gives each set of destinations its own class, so that a frame goes only where every
+    /// chunk in it is lacking.
+    fn claim(&self, id: &ChunkId) -> Option<u32>;
 
     /// Stores a frame of claimed chunks. May block to apply backpressure; must be
     /// idempotent.
@@ -136,18 +139,18 @@ impl MemStore {
 }
 
 impl ChunkSink for MemStore {
-    fn claim(&self, id: &ChunkId) -> bool {
+    fn claim(&self, id: &ChunkId) -> Option<u32> {
         let fresh = self
             .claimed
             .lock()
             .map(|mut c| c.insert(*id))
             .unwrap_or(true);
-        fresh
-            && !self
-                .frames
-                .lock()
-                .map(|f| f.index.contains_key(id))
-                .unwrap_or(false)
+        let held = self
+            .frames
+            .lock()
+            .map(|f| f.index.contains_key(id))
+            .unwrap_or(false);
+        (fresh && !held).then_some(0)
     }
 
     fn put_frame(&self, frame: EncodedFrame) -> Result<(), Error> {
@@ -209,13 +212,13 @@ impl DirStore {
 }
 
 impl ChunkSink for DirStore {
-    fn claim(&self, id: &ChunkId) -> bool {
+    fn claim(&self, id: &ChunkId) -> Option<u32> {
         let fresh = self
             .claimed
             .lock()
             .map(|mut c| c.insert(*id))
             .unwrap_or(true);
-        fresh && self.path_of(id).is_none()
+        (fresh && self.path_of(id).is_none()).then_some(0)
     }
 
     fn put_frame(&self, frame: EncodedFrame) -> Result<(), Error> {

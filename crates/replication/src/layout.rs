@@ -2,7 +2,8 @@
 //! layout under its own root):
 //!
 //! ```text
-//! chunks/<first 2 hex>/<sha256 hex>   one chunk object (see geosnap_engine::codec)
+//! packs/<first 2 hex>/<pack id>       a pack of frames of chunks (see crate::pack)
+//! index/<index id>                    which pack and frame holds each chunk (crate::index)
 //! snapshots/<snapshot id>/manifest    one manifest (see geosnap_engine::manifest)
 //! inflight/<snapshot id>              a snapshot being written: protects its chunks from gc
 //! tombstones/<snapshot id>            a deleted snapshot: repair must not bring it back

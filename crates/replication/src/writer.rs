@@ -559,17 +559,22 @@ impl Sink {
 }
 
 impl ChunkSink for Sink {
-    fn claim(&self, id: &ChunkId) -> bool {
-        let needed = self
+    fn claim(&self, id: &ChunkId) -> Option<u32> {
+        // The class is the set of targets that lack the chunk: a frame then goes only to
+        // targets that lack every chunk in it.
+        let lacking = self
             .targets
             .iter()
-            .any(|t| t.active() && !t.held.contains(id));
-        needed
+            .enumerate()
+            .filter(|(_, t)| t.active() && !t.held.contains(id))
+            .fold(0u32, |m, (i, _)| m | 1 << (i % 32));
+        let fresh = lacking != 0
             && self
                 .claimed
                 .lock()
                 .map(|mut c| c.insert(*id))
-                .unwrap_or(true)
+                .unwrap_or(true);
+        fresh.then_some(lacking)
     }
 
     fn put_frame(&self, frame: EncodedFrame) -> std::result::Result<(), geosnap_engine::Error> {

@@ -472,3 +472,57 @@ async fn a_second_snapshot_uploads_only_changed_chunks() {
     );
     assert!(second.uploaded_bytes < first.uploaded_bytes / 3);
 }
+
+/// How many times each chunk appears in the packs of a store.
+async fn copies(regions: &Regions, name: &str) -> std::collections::HashMap<String, usize> {
+    let b = regions.get(name).unwrap().bucket(StoreKind::Main);
+    let mut out = std::collections::HashMap::new();
+    for key in keys(&*b.store).await {
+        let key = object_store::path::Path::from(key);
+        if pack::parse_key(&key).is_none() {
+            continue;
+        }
+        let bytes = b.get(&key).await.unwrap();
+        for f in pack::walk(&bytes).unwrap() {
+            for (id, _) in geosnap_engine::codec::parse_table(&f.bytes).unwrap().chunks {
+                *out.entry(id.to_hex()).or_default() += 1;
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_region_receives_only_the_chunks_it_lacks() {
+    let dir = tempfile::tempdir().unwrap();
+    let regions = regions(dir.path());
+    let img = image(dir.path(), 8 << 20);
+    // de-1 misses the first snapshot; the second one owes de-1 the chunks the first added,
+    // and all three regions the chunks that changed.
+    set(&regions, "de-1", down());
+    take(&regions, &img, meta(Backing::Image)).await.unwrap();
+    set(&regions, "de-1", FaultConfig::default());
+    geosnap_engine::imagegen::scatter_writes(&img, 0.05, 3).unwrap();
+    let second = take(&regions, &img, meta(Backing::Image)).await.unwrap();
+    assert!(
+        second
+            .replicas
+            .iter()
+            .all(|(_, r)| matches!(r, ReplicaOutcome::Written)),
+        "{:?}",
+        second.replicas
+    );
+    for name in NAMES {
+        let c = copies(&regions, name).await;
+        let twice = c.values().filter(|n| **n > 1).count();
+        assert_eq!(twice, 0, "{name} holds {twice} chunks more than once");
+        assert!(
+            second
+                .manifest
+                .chunk_ids()
+                .iter()
+                .all(|id| c.contains_key(&id.to_hex())),
+            "{name} lacks a chunk of the second snapshot"
+        );
+    }
+}
