@@ -41,6 +41,7 @@ mod error;
 mod id;
 mod progress;
 
+pub mod aligned;
 pub mod chunker;
 pub mod codec;
 pub mod failpoint;
@@ -54,5 +55,5 @@ pub mod store;
 pub mod zero;
 
 pub use error::Error;
-pub use id::{ChunkId, ParseIdError, SnapshotId};
+pub use id::{ChunkId, IdBuild, IdHasher, IdMap, IdSet, ParseIdError, SnapshotId};
 pub use progress::{NoProgress, Progress};

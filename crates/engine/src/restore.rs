@@ -3,7 +3,6 @@
 //! target; zero runs stay holes. Only a complete, fsynced file is renamed into place, so a
 //! failed restore leaves nothing at the target.
 
-use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
@@ -15,10 +14,11 @@ use std::thread;
 use bytes::Bytes;
 use serde::Serialize;
 
+use crate::aligned::{self, AlignedBuf};
 use crate::manifest::{Extent, Manifest};
 use crate::progress::Progress;
 use crate::store::ChunkSource;
-use crate::{ChunkId, Error};
+use crate::{ChunkId, Error, IdBuild, IdMap, IdSet};
 
 /// How a restore behaves.
 #[derive(Clone, Copy, Debug, Default)]
@@ -161,7 +161,7 @@ pub fn restore_image(
     distinct.dedup();
     let groups = source.plan(&distinct);
     drop(distinct);
-    let places = Places(places);
+    let places = Places::new(places);
     let next = AtomicUsize::new(0);
     let written = AtomicU64::new(0);
     let recovered = AtomicU64::new(0);
@@ -173,6 +173,7 @@ pub fn restore_image(
     }
     .min(groups.len().max(1));
     let file = tmp.as_file();
+    let direct = aligned::open_direct(tmp.path());
     let job = Restore {
         groups: &groups,
         places: &places,
@@ -182,6 +183,7 @@ pub fn restore_image(
         recovered: &recovered,
         source,
         file,
+        direct: direct.as_ref(),
         target,
         progress,
     };
@@ -228,16 +230,39 @@ pub fn restore_image(
     })
 }
 
-/// Chunk extents sorted by chunk id.
-struct Places(Vec<(ChunkId, u64, u32)>);
+/// Chunk extents sorted by chunk id, with where each 16-bit id prefix starts: finding a
+/// chunk's extents is a jump and a search among the few that share its prefix, not a
+/// binary search over every extent (which cost a tenth of a restore's CPU).
+struct Places {
+    sorted: Vec<(ChunkId, u64, u32)>,
+    starts: Vec<u32>,
+}
 
 impl Places {
+    fn new(sorted: Vec<(ChunkId, u64, u32)>) -> Places {
+        let mut starts = vec![0u32; (1 << 16) + 1];
+        for p in &sorted {
+            starts[usize::from(prefix(&p.0)) + 1] += 1;
+        }
+        for i in 1..starts.len() {
+            starts[i] += starts[i - 1];
+        }
+        Places { sorted, starts }
+    }
+
     /// Every extent of chunk `id` (offset, length).
     fn of(&self, id: &ChunkId) -> &[(ChunkId, u64, u32)] {
-        let start = self.0.partition_point(|p| p.0 < *id);
-        let end = start + self.0[start..].partition_point(|p| p.0 == *id);
-        &self.0[start..end]
+        let p = usize::from(prefix(id));
+        let bucket = &self.sorted[self.starts[p] as usize..self.starts[p + 1] as usize];
+        let start = bucket.partition_point(|p| p.0 < *id);
+        let end = start + bucket[start..].partition_point(|p| p.0 == *id);
+        &bucket[start..end]
     }
+}
+
+/// The first two bytes of an id, the order `Places` is sorted in.
+fn prefix(id: &ChunkId) -> u16 {
+    u16::from_be_bytes([id.0[0], id.0[1]])
 }
 
 /// What the restore threads share.
@@ -250,6 +275,8 @@ struct Restore<'a> {
     recovered: &'a AtomicU64,
     source: &'a dyn ChunkSource,
     file: &'a File,
+    /// The same file opened for direct I/O, where the filesystem allows it.
+    direct: Option<&'a File>,
     target: &'a Path,
     progress: &'a dyn Progress,
 }
@@ -258,6 +285,16 @@ impl Restore<'_> {
     /// Takes groups until none are left: fetch, verify each chunk, write it everywhere it
     /// goes; a chunk missing or failing its hash is fetched again from further copies.
     fn worker(&self) -> Result<(), Error> {
+        // Direct writes need an aligned copy of each run; one buffer per thread, reused.
+        let mut staging = match self.direct {
+            Some(_) => Some(
+                AlignedBuf::with_capacity(2 << 20).map_err(|source| Error::Write {
+                    path: self.target.to_path_buf(),
+                    source,
+                })?,
+            ),
+            None => None,
+        };
         loop {
             if self.cancel.load(Ordering::Relaxed) {
                 return Ok(());
@@ -270,9 +307,10 @@ impl Restore<'_> {
                 // The preferred copy failed as a whole: every chunk tries the others.
                 Err(e) => (Vec::new(), Some(e.to_string())),
             };
-            let wanted: HashSet<&ChunkId> = group.iter().collect();
-            let mut good: HashMap<ChunkId, Bytes> = HashMap::with_capacity(group.len());
-            let mut failed: HashMap<ChunkId, Error> = HashMap::new();
+            let wanted: IdSet = group.iter().copied().collect();
+            let mut good: IdMap<Bytes> =
+                IdMap::with_capacity_and_hasher(group.len(), IdBuild::default());
+            let mut failed: IdMap<Error> = IdMap::default();
             for (id, data) in fetched {
                 if !wanted.contains(&id) || good.contains_key(&id) {
                     continue;
@@ -300,7 +338,7 @@ impl Restore<'_> {
                 let data = self.fallback(id, first)?;
                 good.insert(*id, data);
             }
-            self.write_group(&good)?;
+            self.write_group(&good, &mut staging)?;
         }
     }
 
@@ -356,13 +394,24 @@ impl Restore<'_> {
     }
 
     /// Writes every verified chunk of a group at all its offsets; neighbouring pieces go
-    /// out in one write (one syscall, one turn of the file's lock).
-    fn write_group(&self, good: &HashMap<ChunkId, Bytes>) -> Result<(), Error> {
+    /// out in one write (one syscall, one turn of the file's lock). Runs aligned to
+    /// [`aligned::ALIGN`] (all of them with the fixed chunker, whose chunks and zero runs
+    /// start on 4 KiB blocks) go straight to the disk through `direct`; the rest through
+    /// the page cache.
+    fn write_group(
+        &self,
+        good: &IdMap<Bytes>,
+        staging: &mut Option<AlignedBuf>,
+    ) -> Result<(), Error> {
         let mut pieces: Vec<(u64, &Bytes)> = Vec::new();
         for (id, data) in good {
             pieces.extend(self.places.of(id).iter().map(|p| (p.1, data)));
         }
         pieces.sort_unstable_by_key(|p| p.0);
+        let write_err = |source: io::Error| Error::Write {
+            path: self.target.to_path_buf(),
+            source,
+        };
         let mut run: Vec<u8> = Vec::new();
         let mut i = 0;
         while i < pieces.len() {
@@ -373,22 +422,34 @@ impl Restore<'_> {
                 end += pieces[j].1.len() as u64;
                 j += 1;
             }
-            if j == i + 1 {
-                self.write_run(first, start)?;
-            } else {
-                run.clear();
-                for (_, d) in &pieces[i..j] {
-                    run.extend_from_slice(d);
+            let len = (end - start) as usize;
+            match (self.direct, staging.as_mut()) {
+                (Some(direct), Some(buf)) if aligned::aligned(start, len) => {
+                    buf.clear();
+                    for (_, d) in &pieces[i..j] {
+                        buf.extend_from_slice(d).map_err(write_err)?;
+                    }
+                    direct
+                        .write_all_at(buf.as_slice(), start)
+                        .map_err(write_err)?;
+                    self.progress.advance(len as u64);
                 }
-                self.write_run(&run, start)?;
+                _ if j == i + 1 => self.write_run(first, start)?,
+                _ => {
+                    run.clear();
+                    for (_, d) in &pieces[i..j] {
+                        run.extend_from_slice(d);
+                    }
+                    self.write_run(&run, start)?;
+                }
             }
             i = j;
         }
         Ok(())
     }
 
-    /// Writes one run; starts writeback every 32 MiB, so the final fsync finds little
-    /// left to do and the disk works while the threads decode.
+    /// Writes one run through the page cache; starts writeback every 32 MiB, so the final
+    /// fsync finds little left to do and the disk works while the threads decode.
     fn write_run(&self, data: &[u8], offset: u64) -> Result<(), Error> {
         self.file
             .write_all_at(data, offset)

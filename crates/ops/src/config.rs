@@ -122,8 +122,10 @@ impl Config {
         self.chunker_params().map_err(|e| bad(e.to_string()))?;
         if !zstd_range().contains(&self.zstd_level) {
             return Err(bad(format!(
-                "zstd_level {} is out of range",
-                self.zstd_level
+                "zstd_level {} is out of range ({} to {}; negative levels are zstd's fast modes)",
+                self.zstd_level,
+                zstd_range().start(),
+                zstd_range().end()
             )));
         }
         for r in &self.regions {
@@ -191,7 +193,7 @@ impl Config {
 }
 
 fn zstd_range() -> std::ops::RangeInclusive<i32> {
-    -7..=22
+    -1000..=22
 }
 
 /// Each region's simulated condition, persisted so that `geosnap region fail` lasts across

@@ -1,7 +1,6 @@
 //! A bucket is one store of one region (its main store or its volume store), with the
 //! object operations replication needs, each retried and each error naming the region.
 
-use std::collections::HashSet;
 use std::fmt;
 use std::sync::Arc;
 
@@ -190,7 +189,7 @@ impl Bucket {
     }
 
     /// The ids of every chunk the bucket holds (one listing, not one request per chunk).
-    pub async fn chunk_ids(&self) -> Result<HashSet<ChunkId>> {
+    pub async fn chunk_ids(&self) -> Result<geosnap_engine::IdSet> {
         Ok(self
             .list(&layout::chunks_prefix())
             .await?

@@ -14,7 +14,7 @@
 //! Index objects are named by a time-ordered id (`index/<id>`); when two name the same
 //! chunk, the newer one wins (a repair shadows a damaged copy). gc folds them into one.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
 
@@ -181,7 +181,7 @@ pub fn decode(bytes: &[u8]) -> std::result::Result<Vec<Entry>, String> {
 #[derive(Debug, Default, Clone)]
 pub struct StoreIndex {
     /// Chunk → frame.
-    pub chunks: HashMap<ChunkId, FrameRef>,
+    pub chunks: geosnap_engine::IdMap<FrameRef>,
     /// Index objects read, oldest first.
     pub objects: Vec<PackId>,
     /// Index objects that do not decode, with the reason.
@@ -226,7 +226,7 @@ impl StoreIndex {
     }
 
     /// The chunk ids held.
-    pub fn ids(&self) -> HashSet<ChunkId> {
+    pub fn ids(&self) -> geosnap_engine::IdSet {
         self.chunks.keys().copied().collect()
     }
 

@@ -17,6 +17,7 @@
 mod error;
 
 pub mod bucket;
+pub mod direct;
 pub mod gc;
 pub mod index;
 pub mod layout;

@@ -6,7 +6,6 @@ use std::sync::Arc;
 
 use geosnap_engine::manifest::Backing;
 use object_store::ObjectStore;
-use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
 use object_store::prefix::PrefixStore;
 use serde::{Deserialize, Serialize};
@@ -119,10 +118,10 @@ fn open_store(region: &str, url: &str, options: &BTreeMap<String, String>) -> Re
             std::fs::create_dir_all(&path)
                 .map_err(|e| config(format!("cannot create {}: {e}", path.display())))?;
             // Every object is fsynced with its directory before its put returns, as an S3
-            // put is durable when it returns: a manifest never outruns its packs.
-            let store = LocalFileSystem::new_with_prefix(&path)
-                .map_err(|e| config(format!("cannot open {}: {e}", path.display())))?
-                .with_fsync(true);
+            // put is durable when it returns: a manifest never outruns its packs. Packs are
+            // written with direct I/O (see crate::direct).
+            let store = crate::direct::DirectFs::new(&path)
+                .map_err(|e| config(format!("cannot open {}: {e}", path.display())))?;
             Ok(local(Arc::new(store)))
         }
         "memory" => Ok(local(Arc::new(InMemory::new()))),

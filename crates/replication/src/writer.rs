@@ -8,7 +8,6 @@
 //! full while the others keep up is cut loose (if the quorum allows) and owed a
 //! replication job.
 
-use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -324,7 +323,7 @@ struct Upload {
 /// One store being written.
 struct Target {
     bucket: Bucket,
-    held: HashSet<ChunkId>,
+    held: geosnap_engine::IdSet,
     failed: AtomicBool,
     detached: AtomicBool,
     reason: Mutex<String>,
@@ -337,12 +336,12 @@ struct Target {
 }
 
 impl Target {
-    fn new(bucket: Bucket, ready: Result<HashSet<ChunkId>>, tuning: &Tuning) -> Target {
+    fn new(bucket: Bucket, ready: Result<geosnap_engine::IdSet>, tuning: &Tuning) -> Target {
         let (tx, rx) = mpsc::unbounded_channel();
         let budget_total = (tuning.buffer_bytes / 1024).max(1);
         let t = Target {
             bucket,
-            held: HashSet::new(),
+            held: Default::default(),
             failed: AtomicBool::new(false),
             detached: AtomicBool::new(false),
             reason: Mutex::new(String::new()),
@@ -501,7 +500,7 @@ async fn upload(
 /// The engine's view of the target stores.
 struct Sink {
     targets: Vec<Arc<Target>>,
-    claimed: Mutex<HashSet<ChunkId>>,
+    claimed: Mutex<geosnap_engine::IdSet>,
     handle: Handle,
     quorum: usize,
     tuning: Tuning,
