@@ -394,10 +394,10 @@ impl Restore<'_> {
     }
 
     /// Writes every verified chunk of a group at all its offsets; neighbouring pieces go
-    /// out in one write (one syscall, one turn of the file's lock). Runs aligned to
-    /// [`aligned::ALIGN`] (all of them with the fixed chunker, whose chunks and zero runs
-    /// start on 4 KiB blocks) go straight to the disk through `direct`; the rest through
-    /// the page cache.
+    /// out in one write (one syscall, one turn of the file's lock). Long runs aligned to
+    /// [`aligned::ALIGN`] (with the fixed chunker, whose chunks and zero runs start on 4 KiB
+    /// blocks, that is every long run) go straight to the disk through `direct`; the rest
+    /// through the page cache.
     fn write_group(
         &self,
         good: &IdMap<Bytes>,
@@ -424,7 +424,7 @@ impl Restore<'_> {
             }
             let len = (end - start) as usize;
             match (self.direct, staging.as_mut()) {
-                (Some(direct), Some(buf)) if aligned::aligned(start, len) => {
+                (Some(direct), Some(buf)) if len >= DIRECT_RUN && aligned::aligned(start, len) => {
                     buf.clear();
                     for (_, d) in &pieces[i..j] {
                         buf.extend_from_slice(d).map_err(write_err)?;
@@ -466,6 +466,11 @@ impl Restore<'_> {
         Ok(())
     }
 }
+
+/// Runs shorter than this go through the page cache even when aligned: a direct write waits
+/// for the disk, and an incremental's many short runs (one between each pair of rewritten
+/// chunks) would spend the restore waiting.
+const DIRECT_RUN: usize = 256 << 10;
 
 /// Bytes written between two writeback kicks.
 const WRITEBACK_STEP: u64 = 32 << 20;
