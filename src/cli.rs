@@ -72,6 +72,9 @@ pub enum Command {
         /// Only this region.
         #[arg(long)]
         region: Option<String>,
+        /// Only this snapshot (id, id prefix, name or instance/name).
+        #[arg(long)]
+        snapshot: Option<String>,
         /// Copy missing snapshots in and fix damage from other regions.
         #[arg(long)]
         repair: bool,

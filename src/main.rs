@@ -359,8 +359,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 ExitCode::SUCCESS
             })
         }
-        Command::Verify { region, repair } => {
-            let reports = g.verify(region.as_deref(), repair)?;
+        Command::Verify {
+            region,
+            snapshot,
+            repair,
+        } => {
+            let reports = g.verify(region.as_deref(), snapshot.as_deref(), repair)?;
             let clean = reports.iter().all(|r| r.is_clean());
             out.show(&reports, || {
                 let mut s = String::new();
@@ -376,6 +380,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
                         }
                     }
                     for v in [&r.main, &r.volume] {
+                        if snapshot.is_some() && v.manifests == 0 {
+                            // The store that does not hold this kind of snapshot.
+                            continue;
+                        }
                         s += &format!(
                             "{}: {} manifests, {} chunks in {} packs ({}) checked; {} missing, {} corrupt, {} damaged packs, {} damaged index objects, {} corrupt manifests{}\n",
                             v.store,

@@ -189,3 +189,73 @@ fn volume_backed_snapshots_stay_home() {
     env.ok(&["restore", "s", "--to", out.to_str().unwrap()]);
     assert!(same(&out, &img));
 }
+
+#[test]
+fn verify_one_snapshot_checks_only_its_chunks_and_repairs_them() {
+    let env = Env::new();
+    let a = env.image("a.img", 4 << 20, Profile::Text, 3);
+    let b = env.image("b.img", 4 << 20, Profile::Random, 4);
+    env.ok(&["instance", "create", "va", "--image", a.to_str().unwrap()]);
+    env.ok(&["instance", "create", "vb", "--image", b.to_str().unwrap()]);
+    env.ok(&["snapshot", "take", "va", "--name", "s"]);
+    env.ok(&["snapshot", "take", "vb", "--name", "s"]);
+    let whole = env.json(&["verify", "--region", "de-1"]);
+    let one = env.json(&["verify", "--region", "de-1", "--snapshot", "va/s"]);
+    let checked = |v: &serde_json::Value| v[0]["main"]["chunks_checked"].as_u64().unwrap();
+    assert_eq!(one[0]["main"]["manifests"], 1);
+    assert!(
+        0 < checked(&one) && checked(&one) < checked(&whole),
+        "{one} {whole}"
+    );
+    // Lose de-1's copy of va/s (its manifest): verify of that snapshot finds it, and
+    // --repair brings it back from another region.
+    let id = env.snapshot("va/s")["id"].as_str().unwrap().to_string();
+    for f in env.store_files("regions/de-1/snapshots") {
+        if f.to_string_lossy().contains(&id) {
+            std::fs::remove_file(f).unwrap();
+        }
+    }
+    let out = env.run(&["--json", "verify", "--region", "de-1", "--snapshot", "va/s"]);
+    assert_eq!(out.status.code(), Some(1));
+    env.ok(&[
+        "verify",
+        "--region",
+        "de-1",
+        "--snapshot",
+        "va/s",
+        "--repair",
+    ]);
+    env.ok(&["verify", "--region", "de-1", "--snapshot", "va/s"]);
+    let out = env.path("va.img");
+    env.ok(&[
+        "restore",
+        "va/s",
+        "--to",
+        out.to_str().unwrap(),
+        "--region",
+        "de-1",
+        "--strict-region",
+    ]);
+    assert!(same(&out, &a));
+}
+
+#[test]
+fn verify_of_a_volume_backed_snapshot_looks_only_at_home() {
+    let env = Env::new();
+    let v = env.image("v.img", 2 << 20, Profile::Random, 5);
+    env.ok(&[
+        "instance",
+        "create",
+        "db",
+        "--image",
+        v.to_str().unwrap(),
+        "--volume-backed",
+    ]);
+    env.ok(&["snapshot", "take", "db", "--name", "s"]);
+    let r = env.json(&["verify", "--snapshot", "db/s"]);
+    assert_eq!(r.as_array().unwrap().len(), 1, "{r}");
+    assert_eq!(r[0]["region"], "it-1");
+    assert_eq!(r[0]["volume"]["manifests"], 1);
+    let err = env.error(&["verify", "--snapshot", "db/s", "--region", "de-1"]);
+    assert!(err.contains("home region it-1"), "{err}");
+}

@@ -460,6 +460,21 @@ mod tests {
                     prop_assert!(data.len() <= p.max_chunk());
                 }
             }
+            // Only an extent's last chunk (before zeros or the end) may be cut short: fixed
+            // chunks otherwise end on the grid, CDC chunks are at least `min`.
+            for pair in whole.windows(2) {
+                if let [Piece::Chunk { offset, data }, Piece::Chunk { .. }] = pair {
+                    let end = offset + data.len() as u64;
+                    match p {
+                        ChunkerParams::Fixed { size } => {
+                            prop_assert_eq!(end % u64::from(size), 0, "fixed chunk ends off the grid");
+                        }
+                        ChunkerParams::Cdc { min, .. } => {
+                            prop_assert!(data.len() >= min as usize, "CDC chunk of {} < min {}", data.len(), min);
+                        }
+                    }
+                }
+            }
         }
     }
 

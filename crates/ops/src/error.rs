@@ -57,6 +57,18 @@ pub enum Error {
         /// Instance name.
         instance: String,
     },
+    /// A volume-backed snapshot was asked for in a region that, by design, holds no copy.
+    #[error(
+        "snapshot {label} is volume-backed and kept only in its home region {home}; {region} holds no copy of it"
+    )]
+    NotHeld {
+        /// "instance/name (id)".
+        label: String,
+        /// Region asked for.
+        region: String,
+        /// Home region.
+        home: String,
+    },
     /// A job ended in failure.
     #[error("{0}")]
     JobFailed(String),

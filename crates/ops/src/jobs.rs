@@ -151,7 +151,7 @@ impl Geosnap {
             JobKind::Replicate => self.run_replicate_job(job),
             JobKind::Prune => self.prune(None, false).map(|_| ()),
             JobKind::Gc => self.gc(&Default::default()).map(|_| ()),
-            JobKind::Verify => self.verify(None, true).map(|_| ()),
+            JobKind::Verify => self.verify(None, None, true).map(|_| ()),
         };
         drop(beat);
         let error = result.as_ref().err().map(|e| format!("{e}"));

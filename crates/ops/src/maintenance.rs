@@ -99,27 +99,58 @@ impl Geosnap {
 
     /// Verifies every chunk of one region (or all), both stores; with `repair`, first
     /// copies in the snapshots the region missed, then fixes damage from other regions.
-    pub fn verify(&self, region: Option<&str>, repair: bool) -> Result<Vec<RegionVerify>> {
-        let names: Vec<String> = match region {
-            Some(r) => vec![self.regions.get(r)?.name().to_string()],
-            None => self.regions.names().iter().map(|s| s.to_string()).collect(),
+    /// With `snapshot`, only that snapshot, in the store of each region that should hold it.
+    pub fn verify(
+        &self,
+        region: Option<&str>,
+        snapshot: Option<&str>,
+        repair: bool,
+    ) -> Result<Vec<RegionVerify>> {
+        let snap = snapshot
+            .map(|key| self.catalog.find_snapshot(key))
+            .transpose()?;
+        let volume_home = snap
+            .as_ref()
+            .filter(|s| s.backing == geosnap_engine::manifest::Backing::Volume)
+            .map(|s| s.home_region.clone());
+        let names: Vec<String> = match (region, &volume_home) {
+            (Some(r), Some(home)) if self.regions.get(r)?.name() != home => {
+                return Err(crate::Error::NotHeld {
+                    label: snap.as_ref().map(|s| s.label()).unwrap_or_default(),
+                    region: r.to_string(),
+                    home: home.clone(),
+                });
+            }
+            (Some(r), _) => vec![self.regions.get(r)?.name().to_string()],
+            (None, Some(home)) => vec![home.clone()],
+            (None, None) => self.regions.names().iter().map(|s| s.to_string()).collect(),
         };
+        let only = snap.as_ref().map(|s| s.id);
         let mut out = Vec::new();
         for name in names {
-            let repaired = if repair {
+            let repaired = if repair && only.is_none() {
                 Some(self.block_on(repair_region(&self.regions, &name))?)
             } else {
                 None
             };
-            let main =
-                self.block_on(verify_store(&self.regions, &name, StoreKind::Main, repair))?;
-            let volume = self.block_on(verify_store(
-                &self.regions,
-                &name,
-                StoreKind::Volume,
-                repair,
-            ))?;
-            if repaired.is_some() {
+            let check = |kind: StoreKind| -> Result<VerifyReport> {
+                let store = self.regions.get(&name)?.bucket(kind).to_string();
+                let wanted = match (&snap, kind) {
+                    (None, _) => true,
+                    (Some(_), StoreKind::Volume) => volume_home.is_some(),
+                    (Some(_), StoreKind::Main) => volume_home.is_none(),
+                };
+                if !wanted {
+                    return Ok(VerifyReport {
+                        store,
+                        ..Default::default()
+                    });
+                }
+                Ok(self.block_on(verify_store(&self.regions, &name, kind, only, repair))?)
+            };
+            let main = check(StoreKind::Main)?;
+            let volume = check(StoreKind::Volume)?;
+            if repaired.is_some() || (repair && only.is_some()) {
                 self.mark_replicas_written(&name)?;
             }
             out.push(RegionVerify {

@@ -297,11 +297,14 @@ impl VerifyReport {
 
 /// Reads every manifest, index object and pack of one store of region `name`, checks the
 /// packs' structure and every chunk's SHA-256, and that every chunk a manifest names is
-/// indexed and whole. With `repair`, damage is fixed from other regions' copies.
+/// indexed and whole. With `only`, just that snapshot's manifest and the packs holding its
+/// chunks. With `repair`, damage is fixed from other regions' copies (a manifest the store
+/// lacks included).
 pub async fn verify_store(
     regions: &Regions,
     name: &str,
     kind: StoreKind,
+    only: Option<SnapshotId>,
     repair: bool,
 ) -> Result<VerifyReport> {
     let store = regions.get(name)?.bucket(kind).clone();
@@ -315,7 +318,11 @@ pub async fn verify_store(
     };
     // Manifests: what must be there.
     let mut wanted: BTreeMap<ChunkId, usize> = BTreeMap::new();
-    for id in store.snapshot_ids().await? {
+    let snapshots = match only {
+        Some(id) => vec![id],
+        None => store.snapshot_ids().await?,
+    };
+    for id in snapshots {
         report.manifests += 1;
         let decoded = match store.get_manifest(&id).await {
             Ok(bytes) => Manifest::decode(&bytes).map_err(Error::Engine),
@@ -349,8 +356,11 @@ pub async fn verify_store(
     }
     // Every pack the index points into, walked whole and every frame decoded.
     let mut packs: BTreeMap<PackId, Vec<FrameRef>> = BTreeMap::new();
-    for f in index.chunks.values() {
-        packs.entry(f.pack).or_default().push(*f);
+    for (id, f) in &index.chunks {
+        // One snapshot: only the packs that hold its chunks.
+        if only.is_none() || wanted.contains_key(id) {
+            packs.entry(f.pack).or_default().push(*f);
+        }
     }
     // Chunks whole at the frame the index names.
     let mut good: HashSet<(ChunkId, PackId, u64)> = HashSet::new();
@@ -409,7 +419,10 @@ pub async fn verify_store(
             Err(Some(e)) => report.corrupt_packs.push(format!("{pack_id}: {e}")),
         }
     }
-    report.chunks_checked = index.chunks.len() as u64;
+    report.chunks_checked = match only {
+        Some(_) => wanted.len() as u64,
+        None => index.chunks.len() as u64,
+    };
     let mut broken: HashSet<ChunkId> = HashSet::new();
     for (id, f) in &index.chunks {
         let whole = good.contains(&(*id, f.pack, f.offset));

@@ -97,7 +97,7 @@ async fn a_thousand_bit_flips_are_all_caught_and_none_reaches_a_restored_byte() 
         bad[at] ^= 1 << rng.random_range(0..8u32);
         de.store.put(key, Bytes::from(bad).into()).await.unwrap();
 
-        let report = verify_store(&regions, "de-1", StoreKind::Main, false).await;
+        let report = verify_store(&regions, "de-1", StoreKind::Main, None, false).await;
         let caught_by_verify = match &report {
             Ok(r) => r.found_damage(),
             Err(_) => true,

@@ -301,7 +301,7 @@ async fn damaged_region_restores_byte_identical_and_is_repaired() {
     assert!(!dir.path().join("strict").exists());
 
     // Verify sees every chunk of the lost packs as missing, and damage in the corrupted one.
-    let v = verify_store(&regions, "de-1", StoreKind::Main, false)
+    let v = verify_store(&regions, "de-1", StoreKind::Main, None, false)
         .await
         .unwrap();
     let missing: std::collections::HashSet<String> = v.missing_chunks.iter().cloned().collect();
@@ -328,7 +328,7 @@ async fn damaged_region_restores_byte_identical_and_is_repaired() {
             .iter()
             .all(|c| lost_chunks.contains(c) || hit_chunks.contains(c))
     );
-    let v = verify_store(&regions, "de-1", StoreKind::Main, false)
+    let v = verify_store(&regions, "de-1", StoreKind::Main, None, false)
         .await
         .unwrap();
     assert!(v.is_clean(), "{v:?}");
