@@ -39,6 +39,16 @@ fn the_demo_tells_the_whole_story_with_consistent_figures() {
     assert_eq!(logical, 64 << 20);
     assert!(stored > 0 && stored <= logical, "{first}");
     assert!(first["data_bytes"].as_u64().unwrap() <= logical);
+    // Dedup and compression are reported apart, and multiply to the whole reduction.
+    let (dedup, zstd, whole) = (
+        first["dedup"].as_f64().unwrap(),
+        first["compression"].as_f64().unwrap(),
+        first["reduction"].as_f64().unwrap(),
+    );
+    assert!(dedup >= 1.0 && zstd > 0.0, "{first}");
+    assert!((dedup * zstd - whole).abs() < 1e-6 * whole, "{first}");
+    let distinct = first["distinct_bytes"].as_u64().unwrap();
+    assert!(distinct > 0 && distinct <= first["data_bytes"].as_u64().unwrap());
     let second = r["second"]["stored_bytes"].as_u64().unwrap();
     assert!(second * 10 < stored, "second uploads {second} of {stored}");
 

@@ -102,6 +102,12 @@ pub struct DemoSnapshot {
     pub stored_bytes: u64,
     /// data / stored.
     pub reduction: f64,
+    /// Bytes of the distinct chunks (first snapshot only; 0 otherwise).
+    pub distinct_bytes: u64,
+    /// data / distinct: what deduplication saved (first snapshot only).
+    pub dedup: f64,
+    /// distinct / stored: what zstd saved (first snapshot only).
+    pub compression: f64,
     /// Wall time.
     pub seconds: f64,
     /// Logical bytes per second.
@@ -366,7 +372,11 @@ pub fn run(
     let pristine = scratch.join("web-1.first.sha256");
     let _ = std::fs::write(&pristine, hex(&first_sum));
     report.first = take(&g, "web-1", "first", Retention::Forever, story)?;
-    let f = &report.first;
+    let distinct = distinct_bytes(&g, &report.first.id)?;
+    let f = &mut report.first;
+    f.distinct_bytes = distinct;
+    f.dedup = f.data_bytes as f64 / distinct.max(1) as f64;
+    f.compression = distinct as f64 / f.stored_bytes.max(1) as f64;
     story.line(&format!(
         "{} in {:.2} s ({:.0} MB/s logical); data {} of {}, stored {} per region ({:.1}x smaller)",
         f.state,
@@ -377,6 +387,15 @@ pub fn run(
         mib(f.stored_bytes),
         f.reduction
     ));
+    story.line(&format!(
+        "holes and zeros skipped: {}; dedup {:.2}x ({} distinct); zstd {:.2}x ({} stored)",
+        mib(f.logical_bytes - f.data_bytes),
+        f.dedup,
+        mib(distinct),
+        f.compression,
+        mib(f.stored_bytes)
+    ));
+    let f = &report.first;
     story.line(&format!("replicas: {}", f.replicas.join(", ")));
     check(
         f.state == "available" && f.replicas.len() == 3,
@@ -583,6 +602,9 @@ fn take(
         data_bytes: data,
         stored_bytes: stored,
         reduction: data as f64 / stored.max(1) as f64,
+        distinct_bytes: 0,
+        dedup: 0.0,
+        compression: 0.0,
         seconds,
         logical_mb_per_s: mbps(logical, seconds),
     })
@@ -620,6 +642,29 @@ fn restore(
         seconds,
         repaired_chunks: r.repaired_chunks.len(),
     })
+}
+
+/// Bytes of the distinct chunks of a snapshot, from its manifest in it-1.
+fn distinct_bytes(g: &Geosnap, snapshot: &str) -> Result<u64> {
+    let id: geosnap_engine::SnapshotId = snapshot
+        .parse()
+        .map_err(|e: geosnap_engine::ParseIdError| Error::JobFailed(e.to_string()))?;
+    let it = g.regions.get("it-1")?.bucket(StoreKind::Main).clone();
+    let manifest = g.block_on(async {
+        let bytes = it.get_manifest(&id).await?;
+        geosnap_engine::manifest::Manifest::decode(&bytes)
+            .map_err(geosnap_replication::Error::Engine)
+    })?;
+    let mut seen = geosnap_engine::IdSet::default();
+    let mut total = 0u64;
+    for e in &manifest.extents {
+        if let geosnap_engine::manifest::Extent::Chunk { id, len, .. } = e
+            && seen.insert(*id)
+        {
+            total += u64::from(*len);
+        }
+    }
+    Ok(total)
 }
 
 /// Flips a bit inside the frame that holds the snapshot's first chunk in nl-1's pack.
