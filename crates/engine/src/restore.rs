@@ -429,10 +429,15 @@ impl Restore<'_> {
                     for (_, d) in &pieces[i..j] {
                         buf.extend_from_slice(d).map_err(write_err)?;
                     }
-                    direct
-                        .write_all_at(buf.as_slice(), start)
-                        .map_err(write_err)?;
-                    self.progress.advance(len as u64);
+                    match direct.write_all_at(buf.as_slice(), start) {
+                        Ok(()) => self.progress.advance(len as u64),
+                        // A filesystem that opens with O_DIRECT but wants larger alignment:
+                        // this run goes through the page cache instead.
+                        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                            self.write_run(buf.as_slice(), start)?;
+                        }
+                        Err(e) => return Err(write_err(e)),
+                    }
                 }
                 _ if j == i + 1 => self.write_run(first, start)?,
                 _ => {

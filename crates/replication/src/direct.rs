@@ -132,27 +132,38 @@ fn publish(root: &FsPath, dest: &FsPath, payload: &PutPayload) -> io::Result<()>
 /// Writes the payload into a new file at `path`: whole aligned blocks with `O_DIRECT`, the
 /// tail (and everything, where the filesystem refuses direct I/O) through the page cache.
 fn write_staged(path: &FsPath, payload: &PutPayload) -> io::Result<File> {
+    match write_direct(path, payload) {
+        // Opened with O_DIRECT, but the filesystem wants another alignment: start over
+        // through the page cache.
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => write_buffered(path, payload),
+        other => other,
+    }
+}
+
+/// Writes the payload into `path` through the page cache (creating or truncating it).
+fn write_buffered(path: &FsPath, payload: &PutPayload) -> io::Result<File> {
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)?;
+    for part in payload.iter() {
+        f.write_all(part)?;
+    }
+    Ok(f)
+}
+
+/// Writes the payload into a new file at `path` with `O_DIRECT` (the unaligned tail
+/// through the page cache); EINVAL when the filesystem refuses.
+fn write_direct(path: &FsPath, payload: &PutPayload) -> io::Result<File> {
     let direct = OpenOptions::new()
         .write(true)
         .create_new(true)
         .custom_flags(libc::O_DIRECT)
         .open(path);
-    let file = match direct {
-        Ok(f) => f,
-        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-            // No direct I/O here (tmpfs); the open may have created the file already.
-            let mut f = OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .open(path)?;
-            for part in payload.iter() {
-                f.write_all(part)?;
-            }
-            return Ok(f);
-        }
-        Err(e) => return Err(e),
-    };
+    // tmpfs refuses the open with EINVAL (and may have created the file already, which
+    // write_buffered truncates).
+    let file = direct?;
     let mut buf = AlignedBuf::with_capacity(BOUNCE)?;
     let mut offset = 0u64;
     for part in payload.iter() {
