@@ -260,8 +260,14 @@ pub const SPAN_BYTES: u64 = 1 << 20;
 /// Largest hole between two frames that one read bridges (frames it skips are wasted).
 const SPAN_GAP: u64 = 64 << 10;
 
-/// Groups frames (sorted by pack and offset) into runs that one range read can fetch.
-pub fn spans<T>(frames: Vec<(FrameRef, T)>) -> Vec<Vec<(FrameRef, T)>> {
+/// Bytes one read may span from a remote (S3) store: an object store answers a few large
+/// ranges faster than many small ones (Swift here served 4 MiB GETs at 521 MiB/s, 1 MiB
+/// ones at 332 MiB/s).
+pub const REMOTE_SPAN_BYTES: u64 = 4 << 20;
+
+/// Groups frames (sorted by pack and offset) into runs that one range read of at most
+/// `max` bytes can fetch.
+pub fn spans<T>(frames: Vec<(FrameRef, T)>, max: u64) -> Vec<Vec<(FrameRef, T)>> {
     let mut out: Vec<Vec<(FrameRef, T)>> = Vec::new();
     for (f, t) in frames {
         let joins = out.last().is_some_and(|run| {
@@ -270,7 +276,7 @@ pub fn spans<T>(frames: Vec<(FrameRef, T)>) -> Vec<Vec<(FrameRef, T)>> {
             first.pack == f.pack
                 && f.offset >= end
                 && f.offset - end <= SPAN_GAP
-                && f.offset + u64::from(f.len) - first.offset <= SPAN_BYTES
+                && f.offset + u64::from(f.len) - first.offset <= max
         });
         match out.last_mut() {
             Some(run) if joins => run.push((f, t)),

@@ -255,6 +255,14 @@ struct RegionSource {
 }
 
 impl RegionSource {
+    /// Largest read: larger from remote stores, whose cost is per request.
+    fn span_bytes(&self) -> u64 {
+        match self.stores.first().map(|b| b.remote.is_some()) {
+            Some(true) => index::REMOTE_SPAN_BYTES,
+            _ => index::SPAN_BYTES,
+        }
+    }
+
     /// The index of store `n`, read on first use; `None` if it cannot be read.
     fn index(&self, n: usize) -> Option<&StoreIndex> {
         self.indexes[n]
@@ -277,7 +285,7 @@ impl ChunkSource for RegionSource {
             return ids.iter().map(|id| vec![*id]).collect();
         };
         let (frames, unknown) = index.by_frame(ids);
-        index::spans(frames)
+        index::spans(frames, self.span_bytes())
             .into_iter()
             .map(|run| run.into_iter().flat_map(|(_, ids)| ids).collect())
             .chain(unknown.into_iter().map(|id| vec![id]))
@@ -315,7 +323,7 @@ impl ChunkSource for RegionSource {
             }));
         }
         let mut out = Vec::with_capacity(ids.len());
-        for run in index::spans(frames) {
+        for run in index::spans(frames, self.span_bytes()) {
             let refs: Vec<_> = run.iter().map(|(f, _)| *f).collect();
             let bytes = match self.handle.block_on(index::read_span(store, &refs)) {
                 Ok(b) => b,
