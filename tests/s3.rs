@@ -18,28 +18,22 @@ const ERROR_BUDGET: Duration = Duration::from_secs(15);
 
 /// The S3 endpoint and credentials from `GEOSNAP_S3_*` (`scripts/swift-aio.sh env DIR`).
 struct Swift {
-    endpoint: String,
-    region: String,
-    key: String,
-    secret: String,
+    /// Region options for the endpoint, secret inline.
+    options: BTreeMap<String, String>,
     /// Buckets this test created, emptied and deleted on drop.
     buckets: Vec<S3Config>,
 }
 
 fn swift(test: &str) -> Option<Swift> {
-    let Ok(endpoint) = std::env::var("GEOSNAP_S3_ENDPOINT") else {
+    let Some(options) = geosnap_replication::s3::options_from_env() else {
         println!(
             "{test}: skipped, GEOSNAP_S3_ENDPOINT is not set \
              (eval \"$(scripts/swift-aio.sh env DIR)\" after scripts/swift-aio.sh start DIR)"
         );
         return None;
     };
-    let var = |k: &str| std::env::var(k).unwrap_or_default();
     Some(Swift {
-        endpoint,
-        region: var("GEOSNAP_S3_REGION"),
-        key: var("GEOSNAP_S3_ACCESS_KEY_ID"),
-        secret: var("GEOSNAP_S3_SECRET_ACCESS_KEY"),
+        options,
         buckets: Vec::new(),
     })
 }
@@ -71,15 +65,7 @@ fn block_on<F: std::future::Future>(f: F) -> F::Output {
 impl Swift {
     /// Region options for this endpoint, with the secret inline.
     fn options(&self) -> BTreeMap<String, String> {
-        [
-            ("endpoint", self.endpoint.as_str()),
-            ("region", &self.region),
-            ("access_key_id", &self.key),
-            ("secret_access_key", &self.secret),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
+        self.options.clone()
     }
 
     /// Creates bucket `name` (deleted again when `self` drops).

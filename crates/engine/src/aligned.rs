@@ -63,17 +63,6 @@ impl AlignedBuf {
         self.len = 0;
     }
 
-    /// Drops the first `n` bytes, moving the rest to the start.
-    pub fn consume(&mut self, n: usize) {
-        let n = n.min(self.len);
-        // SAFETY: both ranges lie within the first `len` initialised bytes; copy handles
-        // overlap.
-        unsafe {
-            std::ptr::copy(self.ptr.as_ptr().add(n), self.ptr.as_ptr(), self.len - n);
-        }
-        self.len -= n;
-    }
-
     /// Appends `data`, growing if needed.
     pub fn extend_from_slice(&mut self, data: &[u8]) -> io::Result<()> {
         if self.len + data.len() > self.cap {
@@ -154,8 +143,6 @@ mod tests {
         b.extend_from_slice(&data[5000..]).unwrap();
         assert_eq!(b.as_slice(), &data[..]);
         assert_eq!(b.as_slice().as_ptr() as usize % ALIGN, 0);
-        b.consume(4096);
-        assert_eq!(b.as_slice(), &data[4096..]);
         b.clear();
         assert!(b.is_empty());
     }

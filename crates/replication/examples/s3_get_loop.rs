@@ -11,7 +11,6 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::collections::BTreeMap;
 use std::time::Instant;
 
 use futures::StreamExt;
@@ -32,16 +31,12 @@ async fn main() {
     } else {
         vec![1, 4, 8, 16, 32]
     };
-    let var = |k: &str| std::env::var(k).unwrap_or_else(|_| panic!("{k} is not set"));
-    let options: BTreeMap<String, String> = [
-        ("endpoint", var("GEOSNAP_S3_ENDPOINT")),
-        ("region", var("GEOSNAP_S3_REGION")),
-        ("access_key_id", var("GEOSNAP_S3_ACCESS_KEY_ID")),
-        ("secret_access_key", var("GEOSNAP_S3_SECRET_ACCESS_KEY")),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect();
+    let Some(options) = geosnap_replication::s3::options_from_env() else {
+        eprintln!(
+            "s3_get_loop: GEOSNAP_S3_ENDPOINT is not set (eval \"$(scripts/swift-aio.sh env DIR)\")"
+        );
+        std::process::exit(2);
+    };
     let bucket = format!("geosnap-getloop-{}", std::process::id());
     let s3 = S3Config::parse("bench", &format!("s3://{bucket}"), &options).unwrap();
     s3.create_bucket().await.unwrap();

@@ -124,6 +124,26 @@ impl fmt::Debug for S3Config {
     }
 }
 
+/// Region options for the S3 endpoint named by the `GEOSNAP_S3_ENDPOINT`, `_REGION`,
+/// `_ACCESS_KEY_ID` and `_SECRET_ACCESS_KEY` environment variables (what
+/// `scripts/swift-aio.sh env DIR` prints), for tests and benchmarks; `None` when
+/// `GEOSNAP_S3_ENDPOINT` is not set.
+pub fn options_from_env() -> Option<BTreeMap<String, String>> {
+    let endpoint = std::env::var("GEOSNAP_S3_ENDPOINT").ok()?;
+    let var = |k: &str| std::env::var(k).unwrap_or_default();
+    Some(
+        [
+            ("endpoint", endpoint),
+            ("region", var("GEOSNAP_S3_REGION")),
+            ("access_key_id", var("GEOSNAP_S3_ACCESS_KEY_ID")),
+            ("secret_access_key", var("GEOSNAP_S3_SECRET_ACCESS_KEY")),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect(),
+    )
+}
+
 impl S3Config {
     /// Reads an `s3://BUCKET[/PREFIX]` URL and region `region`'s options; every mistake is
     /// a configuration error naming the region.

@@ -5,7 +5,6 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -120,28 +119,18 @@ async fn simulator_with_faults_off_conforms() {
 /// Settings for a fresh bucket on the S3 endpoint of `GEOSNAP_S3_*`, or `None` (with a note
 /// on stdout) when no endpoint is set.
 fn s3_settings(test: &str) -> Option<S3Config> {
-    let Ok(endpoint) = std::env::var("GEOSNAP_S3_ENDPOINT") else {
+    let Some(options) = geosnap_replication::s3::options_from_env() else {
         println!(
             "{test}: skipped, GEOSNAP_S3_ENDPOINT is not set \
              (eval \"$(scripts/swift-aio.sh env DIR)\" after scripts/swift-aio.sh start DIR)"
         );
         return None;
     };
-    let var = |k: &str| std::env::var(k).unwrap_or_default();
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .subsec_nanos();
     let bucket = format!("geosnap-conf-{}-{nanos}", std::process::id());
-    let options: BTreeMap<String, String> = [
-        ("endpoint", endpoint),
-        ("region", var("GEOSNAP_S3_REGION")),
-        ("access_key_id", var("GEOSNAP_S3_ACCESS_KEY_ID")),
-        ("secret_access_key", var("GEOSNAP_S3_SECRET_ACCESS_KEY")),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect();
     Some(S3Config::parse("it-1", &format!("s3://{bucket}"), &options).unwrap())
 }
 
