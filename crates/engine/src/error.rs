@@ -104,6 +104,14 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// The temporary file a scan writes its manifest's extents to failed (a full disk, for
+    /// one).
+    #[error("cannot write the manifest's temporary file in {}: {source}", std::env::temp_dir().display())]
+    Spill {
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
     /// A chunk store failed; the boxed error says which and why.
     #[error(transparent)]
     Store(Box<dyn std::error::Error + Send + Sync>),

@@ -30,7 +30,7 @@
 //!     backing: Backing::Image, home_region: "it-1".into(),
 //!     created_at: 0, completed_at: 0, retention_days: 0,
 //! };
-//! let manifest = Manifest::new(meta, Default::default(), image.size(), scanned.extents)?;
+//! let manifest = scanned.extents.into_manifest(meta, image.size())?;
 //! let out = dir.path().join("restored.img");
 //! restore::restore_image(&manifest, &store, &out, &Default::default(), &NoProgress)?;
 //! assert_eq!(std::fs::read(&out)?, std::fs::read(&path)?);

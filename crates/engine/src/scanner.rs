@@ -46,6 +46,9 @@ pub struct Scanner {
     next: u64,
     /// Offset of the first byte of a buffer handed out by `take_buffer`.
     taken_base: Option<u64>,
+    /// Most bytes a window can carry over to the next: an open chunk's lookahead plus a
+    /// zero run too short to cut yet. Buffers are sized window + this once, never regrown.
+    max_carry: usize,
     /// Window buffers come back here once every chunk cut from them is dropped, so a scan
     /// reuses a few warm buffers instead of faulting in fresh pages for every window.
     pool: (
@@ -82,6 +85,7 @@ impl Scanner {
             open_zero: None,
             next: 0,
             taken_base: None,
+            max_carry: params.max_chunk() + ZERO_RUN_MIN,
             pool: crossbeam_channel::bounded(8),
         }
     }
@@ -96,7 +100,9 @@ impl Scanner {
     pub fn take_buffer(&mut self, room: usize) -> Vec<u8> {
         let mut v = self.pool.1.try_recv().unwrap_or_default();
         v.clear();
-        v.reserve(self.carry.len() + room);
+        // Exact: `reserve` would double a pooled buffer the first time a carry does not
+        // fit, and every buffer in flight would then cost two windows of memory.
+        v.reserve_exact(room + self.carry.len().max(self.max_carry));
         v.extend_from_slice(&self.carry);
         self.taken_base = Some(self.next - self.carry.len() as u64);
         self.carry = Bytes::new();

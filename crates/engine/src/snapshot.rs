@@ -2,6 +2,7 @@
 //! workers hashes them, compresses the ones the store lacks and hands them to the sink.
 //! A bounded queue between them keeps memory flat whatever the image size.
 
+use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
@@ -12,7 +13,7 @@ use serde::Serialize;
 use crate::chunker::ChunkerParams;
 use crate::codec::{DEFAULT_LEVEL, Encoder, FRAME_TARGET};
 use crate::image::Image;
-use crate::manifest::Extent;
+use crate::manifest::{Extent, ExtentLog};
 use crate::progress::Progress;
 use crate::scanner::{Piece, Scanner};
 use crate::store::ChunkSink;
@@ -75,10 +76,10 @@ pub struct SnapshotStats {
 }
 
 /// The extents of a snapshot, ready for a manifest, and its figures.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct Scanned {
-    /// Image extents in order.
-    pub extents: Vec<Extent>,
+    /// Image extents in order, on disk until the manifest is encoded.
+    pub extents: ExtentLog,
     /// Figures.
     pub stats: SnapshotStats,
 }
@@ -184,29 +185,81 @@ pub fn snapshot_image(
     if let Some(e) = failure.lock().ok().and_then(|mut f| f.take()) {
         return Err(e);
     }
-    let (mut extents, mut stats, mut filled) = read?;
+    let (mut pending, mut stats) = read?;
     for d in done_rx.iter() {
-        filled += apply(d, &mut extents, &mut stats);
+        apply(d, &mut pending, &mut stats)?;
     }
-    if filled != stats.chunks {
-        return Err(Error::Cancelled);
-    }
+    let extents = pending.finish()?;
     Ok(Scanned { extents, stats })
 }
 
-/// Records a finished job's chunk ids and figures; returns how many extents it filled.
-fn apply(d: Done, extents: &mut [Extent], stats: &mut SnapshotStats) -> u64 {
-    let mut filled = 0;
-    for (index, chunk) in d.ids {
-        if let Some(Extent::Chunk { id, .. }) = extents.get_mut(index) {
-            *id = chunk;
-            filled += 1;
-        }
+/// Records a finished job's chunk ids and figures.
+fn apply(d: Done, pending: &mut Pending, stats: &mut SnapshotStats) -> Result<(), Error> {
+    for (index, id) in d.ids {
+        pending.fill(index, id);
     }
     stats.new_chunks += d.new_chunks;
     stats.new_bytes += d.new_bytes;
     stats.stored_bytes += d.stored;
-    filled
+    pending.drain()
+}
+
+/// Extents cut but not yet in the log: a chunk waits for its id, and everything after it
+/// waits for it, so the log receives extents in image order. Only the jobs in flight are
+/// waited for, so this stays small whatever the image size.
+struct Pending {
+    /// Index (in image order) of `queue[0]`.
+    first: usize,
+    /// Extents and whether their id is known.
+    queue: VecDeque<(Extent, bool)>,
+    log: ExtentLog,
+}
+
+impl Pending {
+    fn new(log: ExtentLog) -> Pending {
+        Pending {
+            first: 0,
+            queue: VecDeque::new(),
+            log,
+        }
+    }
+
+    /// Queues the next extent; returns its index.
+    fn push(&mut self, e: Extent) -> usize {
+        let ready = matches!(e, Extent::Zero { .. });
+        self.queue.push_back((e, ready));
+        self.first + self.queue.len() - 1
+    }
+
+    fn fill(&mut self, index: usize, chunk: ChunkId) {
+        if let Some((Extent::Chunk { id, .. }, ready)) = index
+            .checked_sub(self.first)
+            .and_then(|i| self.queue.get_mut(i))
+        {
+            *id = chunk;
+            *ready = true;
+        }
+    }
+
+    /// Moves the ready extents at the front into the log.
+    fn drain(&mut self) -> Result<(), Error> {
+        while let Some((e, true)) = self.queue.front() {
+            self.log.push(e)?;
+            self.queue.pop_front();
+            self.first += 1;
+        }
+        Ok(())
+    }
+
+    /// The log, once every extent is in it.
+    fn finish(mut self) -> Result<ExtentLog, Error> {
+        self.drain()?;
+        if self.queue.is_empty() {
+            Ok(self.log)
+        } else {
+            Err(Error::Cancelled)
+        }
+    }
 }
 
 /// The reader: windows in, jobs and extents out.
@@ -217,17 +270,17 @@ fn read_image(
     done: &crossbeam_channel::Receiver<Done>,
     cancel: &AtomicBool,
     progress: &dyn Progress,
-) -> Result<(Vec<Extent>, SnapshotStats, u64), Error> {
+) -> Result<(Pending, SnapshotStats), Error> {
     let size = image.size();
     let window = opts.window();
     let mut scanner = Scanner::new(opts.chunker);
-    let mut extents = Vec::new();
+    let mut pending = Pending::new(ExtentLog::new(opts.chunker)?);
+    let failed: std::cell::Cell<Option<Error>> = std::cell::Cell::new(None);
     let mut stats = SnapshotStats {
         image_size: size,
         ..SnapshotStats::default()
     };
     let stopped = std::cell::Cell::new(false);
-    let mut filled = 0u64;
     let mut batch: Vec<(usize, Bytes)> = Vec::new();
     let mut batch_bytes = 0usize;
     let send = |batch: &mut Vec<(usize, Bytes)>, batch_bytes: &mut usize| {
@@ -246,12 +299,12 @@ fn read_image(
         Piece::Zero { offset, len } => {
             stats.zero_bytes += len;
             progress.advance(len);
-            extents.push(Extent::Zero { offset, len });
+            pending.push(Extent::Zero { offset, len });
         }
         Piece::Chunk { offset, data } => {
             stats.data_bytes += data.len() as u64;
             stats.chunks += 1;
-            extents.push(Extent::Chunk {
+            let index = pending.push(Extent::Chunk {
                 offset,
                 len: data.len() as u32,
                 id: ChunkId([0; 32]),
@@ -260,15 +313,21 @@ fn read_image(
                 send(&mut batch, &mut batch_bytes);
                 // Take in what the workers finished, so results never pile up.
                 for d in done.try_iter() {
-                    filled += apply(d, &mut extents, &mut stats);
+                    if let Err(e) = apply(d, &mut pending, &mut stats) {
+                        let first = failed.take();
+                        failed.set(first.or(Some(e)));
+                    }
                 }
             }
             batch_bytes += data.len();
-            batch.push((extents.len() - 1, data));
+            batch.push((index, data));
         }
     };
     let mut pos = 0u64;
     while pos < size {
+        if let Some(e) = failed.take() {
+            return Err(e);
+        }
         if cancel.load(Ordering::Relaxed) || stopped.get() {
             return Err(Error::Cancelled);
         }
@@ -290,8 +349,11 @@ fn read_image(
         scanner.push(buf, pos == size, &mut emit);
     }
     send(&mut batch, &mut batch_bytes);
+    if let Some(e) = failed.take() {
+        return Err(e);
+    }
     if stopped.get() {
         return Err(Error::Cancelled);
     }
-    Ok((extents, stats, filled))
+    Ok((pending, stats))
 }

@@ -484,9 +484,9 @@ fn compare(path: &Path, level: i32) -> Result<Vec<ChunkerFigures>> {
         )?;
         let secs = t.elapsed().as_secs_f64();
         let mut hist: std::collections::BTreeMap<u64, u64> = Default::default();
-        for e in &s.extents {
+        for e in s.extents.into_extents()? {
             if let geosnap_engine::manifest::Extent::Chunk { len, .. } = e {
-                *hist.entry(u64::from(*len).next_power_of_two()).or_default() += 1;
+                *hist.entry(u64::from(len).next_power_of_two()).or_default() += 1;
             }
         }
         out.push(ChunkerFigures {

@@ -10,7 +10,7 @@ use std::time::Duration;
 use geosnap_catalog::{
     Catalog, Completion, Job, JobKind, JobState, ReplicaState, SnapshotState, SnapshotStatsRow,
 };
-use geosnap_engine::manifest::Manifest;
+use geosnap_engine::manifest::ManifestHeader;
 use geosnap_engine::snapshot::SnapshotOptions;
 use geosnap_replication::reader::fetch_manifest;
 use geosnap_replication::writer::{ReplicaOutcome, WriteRequest, write_snapshot};
@@ -237,9 +237,9 @@ impl Geosnap {
                 return None;
             }
             let m = fetch_manifest(&holders, &id).await.ok()?;
-            Some((m.0, holders))
+            Some((m.0.header, holders))
         });
-        let (manifest, replicas, stored) = match adopted {
+        let (header, replicas, stored) = match adopted {
             Some((m, holders)) => {
                 let replicas = targets
                     .iter()
@@ -276,22 +276,22 @@ impl Geosnap {
                 let clock = self.clock.clone();
                 let now = move || clock.now();
                 let out = self.block_on(write_snapshot(&self.regions, req, progress, &now))?;
-                (out.manifest, out.replicas, out.stats.stored_bytes)
+                (out.header, out.replicas, out.stats.stored_bytes)
             }
         };
         geosnap_engine::failpoint::hit("snapshot-before-catalog");
-        self.commit_snapshot(&manifest, &replicas, stored)
+        self.commit_snapshot(&header, &replicas, stored)
     }
 
     /// Records a written snapshot: completion, replicas, and replication jobs for the
     /// regions it still owes.
     fn commit_snapshot(
         &self,
-        manifest: &Manifest,
+        h: &ManifestHeader,
         replicas: &[(String, ReplicaOutcome)],
         stored_bytes: u64,
     ) -> Result<()> {
-        let id = manifest.header.meta.id;
+        let id = h.meta.id;
         let all_written = replicas.iter().all(|(_, r)| *r == ReplicaOutcome::Written);
         for (region, outcome) in replicas {
             let state = match outcome {
@@ -300,7 +300,6 @@ impl Geosnap {
             };
             self.catalog.set_replica(&id, region, state)?;
         }
-        let h = &manifest.header;
         self.catalog.complete_snapshot(
             &id,
             &Completion {

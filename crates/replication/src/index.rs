@@ -198,9 +198,14 @@ impl StoreIndex {
             .filter_map(|m| parse_key(&m.location))
             .collect();
         ids.sort();
+        // Fetched eight at a time, applied in name order so that newer entries win.
+        use futures::StreamExt;
+        let mut fetched = futures::stream::iter(ids)
+            .map(|id| async move { (id, bucket.get(&key(&id)).await) })
+            .buffered(8);
         let mut index = StoreIndex::default();
-        for id in ids {
-            let bytes = match bucket.get(&key(&id)).await {
+        while let Some((id, got)) = fetched.next().await {
+            let bytes = match got {
                 Ok(b) => b,
                 // Deleted by a gc between the listing and the read: its entries live on in
                 // the consolidated object gc wrote first.

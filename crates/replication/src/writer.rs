@@ -20,7 +20,7 @@ use crate::index::{self, Entry, StoreIndex};
 use crate::pack::{self, PackBuilder};
 use geosnap_engine::codec::EncodedFrame;
 use geosnap_engine::image::Image;
-use geosnap_engine::manifest::{Manifest, SnapshotMeta};
+use geosnap_engine::manifest::{Manifest, ManifestHeader, SnapshotMeta};
 use geosnap_engine::snapshot::{SnapshotOptions, SnapshotStats, snapshot_image};
 use geosnap_engine::store::ChunkSink;
 use geosnap_engine::{ChunkId, Progress};
@@ -59,8 +59,8 @@ pub enum ReplicaOutcome {
 /// A committed snapshot.
 #[derive(Clone, Debug)]
 pub struct WriteOutcome {
-    /// The manifest as written.
-    pub manifest: Manifest,
+    /// The header of the manifest as written.
+    pub header: ManifestHeader,
     /// Engine figures.
     pub stats: SnapshotStats,
     /// Per store (region name), in target order.
@@ -203,13 +203,10 @@ pub async fn write_snapshot(
     geosnap_engine::failpoint::hit("snapshot-before-manifest");
     let mut meta = req.meta.clone();
     meta.completed_at = now();
-    let manifest = Manifest::new(
-        meta,
-        req.options.chunker,
-        scanned.stats.image_size,
-        scanned.extents,
-    )?;
-    let encoded = Bytes::from(manifest.encode()?);
+    // Encoded from the scan's extent log now that the scan's buffers are gone.
+    let encoded = scanned.extents.finish(meta, scanned.stats.image_size)?;
+    let header = Manifest::decode_header(&encoded)?;
+    let encoded = Bytes::from(encoded);
     futures::future::join_all(targets.iter().filter(|t| t.active()).map(|t| {
         let encoded = encoded.clone();
         async move {
@@ -251,7 +248,7 @@ pub async fn write_snapshot(
         })
         .collect();
     Ok(WriteOutcome {
-        manifest,
+        header,
         stats: scanned.stats,
         replicas,
         uploaded_bytes: targets
@@ -418,8 +415,10 @@ impl Target {
     }
 }
 
-/// Index entries a store's writer holds before it writes them as an index object.
-const INDEX_FLUSH: usize = 1 << 16;
+/// Index entries a store's writer holds before it writes them as an index object: 16,384
+/// entries (256 MiB of 16 KiB chunks, a 0.9 MB object) cap what each store's writer holds
+/// at about 1 MiB; gc folds the objects into one.
+const INDEX_FLUSH: usize = 1 << 14;
 
 /// Packs the frames queued for one store and uploads each pack once it is large enough,
 /// `tuning.upload_concurrency` packs at a time; returns the index entries of every pack

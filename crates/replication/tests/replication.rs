@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use futures::TryStreamExt;
 use geosnap_engine::imagegen::{Profile, generate};
-use geosnap_engine::manifest::{Backing, SnapshotMeta};
+use geosnap_engine::manifest::{Backing, Manifest, SnapshotMeta};
 use geosnap_engine::snapshot::SnapshotOptions;
 use geosnap_engine::{NoProgress, SnapshotId};
 use geosnap_replication::index::StoreIndex;
@@ -141,12 +141,12 @@ async fn all_regions_up_gives_an_available_snapshot_restorable_from_each() {
             .iter()
             .all(|(_, r)| *r == ReplicaOutcome::Written)
     );
-    assert_eq!(out.manifest.header.meta.completed_at, 2000);
+    assert_eq!(out.header.meta.completed_at, 2000);
     for name in NAMES {
         let to = dir.path().join(format!("restored-{name}"));
         let r = restore(
             &regions,
-            out.manifest.header.meta.id,
+            out.header.meta.id,
             Backing::Image,
             name,
             true,
@@ -184,7 +184,7 @@ async fn one_region_down_is_degraded_then_repaired_to_available() {
         matches!(&de.1, ReplicaOutcome::Owed { reason } if reason.contains("unavailable")),
         "{de:?}"
     );
-    let id = out.manifest.header.meta.id;
+    let id = out.header.meta.id;
     // While down, a restore from de-1 says so.
     let err = restore(
         &regions,
@@ -257,11 +257,13 @@ async fn damaged_region_restores_byte_identical_and_is_repaired() {
     let regions = regions(dir.path());
     let img = image(dir.path(), 48 << 20);
     let out = take(&regions, &img, meta(Backing::Image)).await.unwrap();
-    let id = out.manifest.header.meta.id;
+    let id = out.header.meta.id;
     let de_bucket = regions.get("de-1").unwrap().bucket(StoreKind::Main).clone();
     let de = de_bucket.store.clone();
     let index = StoreIndex::load(&de_bucket).await.unwrap();
-    let wanted = out.manifest.chunk_ids();
+    let wanted = Manifest::decode(&de_bucket.get_manifest(&id).await.unwrap())
+        .unwrap()
+        .chunk_ids();
     let corrupted = corrupt_objects(&*de, &pack::prefix(), 0.02, 11)
         .await
         .unwrap();
@@ -367,7 +369,7 @@ async fn transient_errors_on_every_region_are_hidden_by_retries() {
     let to = dir.path().join("r");
     restore(
         &regions,
-        out.manifest.header.meta.id,
+        out.header.meta.id,
         Backing::Image,
         "nl-1",
         true,
@@ -385,7 +387,7 @@ async fn volume_backed_snapshots_never_leave_the_home_volume_store() {
     let img = image(dir.path(), 6 << 20);
     let out = take(&regions, &img, meta(Backing::Volume)).await.unwrap();
     assert_eq!(out.replicas.len(), 1);
-    let id = out.manifest.header.meta.id;
+    let id = out.header.meta.id;
     for r in regions.iter() {
         for kind in [StoreKind::Main, StoreKind::Volume] {
             let held = keys(&*r.bucket(kind).store).await;
@@ -440,7 +442,7 @@ async fn a_region_that_falls_far_behind_is_cut_loose_and_replicated_after() {
         "{nl:?}"
     );
     set(&regions, "nl-1", FaultConfig::default());
-    let id = out.manifest.header.meta.id;
+    let id = out.header.meta.id;
     let r = replicate_snapshot(&regions, &id, "nl-1").await.unwrap();
     assert!(r.manifest_written && r.copied_chunks > 0);
     let to = dir.path().join("nl");
@@ -516,9 +518,11 @@ async fn a_region_receives_only_the_chunks_it_lacks() {
         let c = copies(&regions, name).await;
         let twice = c.values().filter(|n| **n > 1).count();
         assert_eq!(twice, 0, "{name} holds {twice} chunks more than once");
+        let bucket = regions.get(name).unwrap().bucket(StoreKind::Main).clone();
+        let manifest = bucket.get_manifest(&second.header.meta.id).await.unwrap();
         assert!(
-            second
-                .manifest
+            Manifest::decode(&manifest)
+                .unwrap()
                 .chunk_ids()
                 .iter()
                 .all(|id| c.contains_key(&id.to_hex())),
