@@ -27,9 +27,22 @@ pub struct RestoreOptions {
     pub overwrite: bool,
     /// Chunks in flight; 0 picks a count that keeps memory near 96 MiB.
     pub threads: usize,
+    /// Chunk extents planned and restored at a time; 0 means [`RESTORE_WINDOW`].
+    pub window: usize,
 }
 
+/// Chunk extents a restore plans at a time by default: 65,536 (1 GiB of 16 KiB chunks,
+/// about 8 MiB of bookkeeping).
+pub const RESTORE_WINDOW: usize = 1 << 16;
+
 impl RestoreOptions {
+    fn window(&self) -> usize {
+        match self.window {
+            0 => RESTORE_WINDOW,
+            n => n,
+        }
+    }
+
     fn thread_count(&self, max_chunk: usize) -> usize {
         match self.threads {
             0 => ((96usize << 20) / (2 * max_chunk.max(1))).clamp(2, 32),
@@ -127,84 +140,59 @@ pub fn restore_image(
         .map_err(write_err)?;
     progress.start(manifest.header.image_size);
 
-    // Every chunk extent, sorted by id: where each distinct chunk goes (48 bytes per
-    // extent, the least a restore can know).
-    let mut places: Vec<(ChunkId, u64, u32)> = Vec::new();
-    let mut data_bytes = 0u64;
-    for e in &manifest.extents {
-        match *e {
-            Extent::Chunk { offset, len, id } => {
-                data_bytes += u64::from(len);
-                places.push((id, offset, len));
-            }
-            Extent::Zero { len, .. } => progress.advance(len),
-        }
-    }
-    let chunk_count = places.len() as u64;
-    places.sort_unstable_by_key(|p| p.0);
-    // One id is one content, so one length: a manifest giving an id two lengths is corrupt
-    // (each chunk is checked against the first, and written at every place).
-    if let Some(w) = places
-        .windows(2)
-        .find(|w| w[0].0 == w[1].0 && w[0].2 != w[1].2)
-    {
-        return Err(Error::ManifestCorrupt(format!(
-            "chunk {} is {} bytes at offset {} but {} bytes at offset {}",
-            w[0].0.short(),
-            w[0].2,
-            w[0].1,
-            w[1].2,
-            w[1].1
-        )));
-    }
-    let mut distinct: Vec<ChunkId> = places.iter().map(|p| p.0).collect();
-    distinct.dedup();
-    let groups = source.plan(&distinct);
-    drop(distinct);
-    let places = Places::new(places);
-    let next = AtomicUsize::new(0);
-    let written = AtomicU64::new(0);
-    let recovered = AtomicU64::new(0);
-    let cancel = AtomicBool::new(false);
-    let failure: Mutex<Option<Error>> = Mutex::new(None);
+    // Windows of chunk extents, each restored before the next is read: what a restore
+    // knows about its chunks (48 bytes per extent, sorted by id) stays bounded whatever the
+    // image size. A chunk that recurs in a later window is fetched again there.
+    let window = opts.window();
     let threads = match (opts.threads, source.parallelism()) {
         (0, Some(n)) => n.max(1),
         _ => opts.thread_count(manifest.header.chunker.max_chunk()),
-    }
-    .min(groups.len().max(1));
+    };
     let file = tmp.as_file();
     let direct = aligned::open_direct(tmp.path());
-    let job = Restore {
-        groups: &groups,
-        places: &places,
-        next: &next,
-        written: &written,
-        cancel: &cancel,
-        recovered: &recovered,
-        source,
-        file,
-        direct: direct.as_ref(),
-        target,
-        progress,
-    };
-    thread::scope(|s| {
-        for _ in 0..threads {
-            s.spawn(|| {
-                if let Err(e) = job.worker() {
-                    cancel.store(true, Ordering::SeqCst);
-                    if let Ok(mut f) = failure.lock()
-                        && f.is_none()
-                    {
-                        *f = Some(e);
+    let written = AtomicU64::new(0);
+    let recovered = AtomicU64::new(0);
+    let mut data_bytes = 0u64;
+    let mut chunk_count = 0u64;
+    let mut extents = manifest.extents.iter();
+    let mut places: Vec<(ChunkId, u64, u32)> = Vec::new();
+    loop {
+        places.clear();
+        for e in extents.by_ref() {
+            match *e {
+                Extent::Chunk { offset, len, id } => {
+                    data_bytes += u64::from(len);
+                    places.push((id, offset, len));
+                    if places.len() == window {
+                        break;
                     }
                 }
-            });
+                Extent::Zero { len, .. } => progress.advance(len),
+            }
         }
-    });
-    progress.finish();
-    if let Some(e) = failure.lock().ok().and_then(|mut f| f.take()) {
-        return Err(e);
+        if places.is_empty() {
+            break;
+        }
+        chunk_count += places.len() as u64;
+        let taken = std::mem::take(&mut places);
+        let window = Places::new(sorted_places(taken)?);
+        let job = Restore {
+            groups: &[],
+            places: &window,
+            next: &AtomicUsize::new(0),
+            written: &written,
+            cancel: &AtomicBool::new(false),
+            recovered: &recovered,
+            source,
+            file,
+            direct: direct.as_ref(),
+            target,
+            progress,
+        };
+        job.run(threads)?;
+        places = window.sorted;
     }
+    progress.finish();
     tmp.as_file().sync_all().map_err(write_err)?;
     crate::failpoint::hit("restore-before-rename");
     if opts.overwrite {
@@ -228,6 +216,27 @@ pub fn restore_image(
         chunks: chunk_count,
         recovered_chunks: recovered.load(Ordering::Relaxed),
     })
+}
+
+/// Sorts a window's chunk extents by id and refuses an id given two lengths: one id is one
+/// content, so one length (each chunk is checked against the first and written at every
+/// place).
+fn sorted_places(mut places: Vec<(ChunkId, u64, u32)>) -> Result<Vec<(ChunkId, u64, u32)>, Error> {
+    places.sort_unstable_by_key(|p| p.0);
+    if let Some(w) = places
+        .windows(2)
+        .find(|w| w[0].0 == w[1].0 && w[0].2 != w[1].2)
+    {
+        return Err(Error::ManifestCorrupt(format!(
+            "chunk {} is {} bytes at offset {} but {} bytes at offset {}",
+            w[0].0.short(),
+            w[0].2,
+            w[0].1,
+            w[1].2,
+            w[1].1
+        )));
+    }
+    Ok(places)
 }
 
 /// Chunk extents sorted by chunk id, with where each 16-bit id prefix starts: finding a
@@ -282,6 +291,38 @@ struct Restore<'a> {
 }
 
 impl Restore<'_> {
+    /// Plans the window's distinct chunks into groups and restores them on `threads`
+    /// threads; the first error stops them all.
+    fn run(self, threads: usize) -> Result<(), Error> {
+        let mut distinct: Vec<ChunkId> = self.places.sorted.iter().map(|p| p.0).collect();
+        distinct.dedup();
+        let groups = self.source.plan(&distinct);
+        drop(distinct);
+        let job = Restore {
+            groups: &groups,
+            ..self
+        };
+        let failure: Mutex<Option<Error>> = Mutex::new(None);
+        thread::scope(|s| {
+            for _ in 0..threads.min(groups.len()).max(1) {
+                s.spawn(|| {
+                    if let Err(e) = job.worker() {
+                        job.cancel.store(true, Ordering::SeqCst);
+                        if let Ok(mut f) = failure.lock()
+                            && f.is_none()
+                        {
+                            *f = Some(e);
+                        }
+                    }
+                });
+            }
+        });
+        match failure.into_inner().ok().flatten() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
     /// Takes groups until none are left: fetch, verify each chunk, write it everywhere it
     /// goes; a chunk missing or failing its hash is fetched again from further copies.
     fn worker(&self) -> Result<(), Error> {

@@ -333,6 +333,20 @@ fn a_manifest_giving_one_chunk_two_lengths_writes_nothing() {
     assert!(matches!(err, Error::ManifestCorrupt(_)), "{err}");
     assert!(err.to_string().contains("4096 bytes"), "{err}");
     assert!(!out.exists());
+    // Planned one extent at a time, the second place fails its length check instead.
+    let one = RestoreOptions {
+        window: 1,
+        ..Default::default()
+    };
+    let err = restore_image(&m, &store, &out, &one, &NoProgress).unwrap_err();
+    assert!(matches!(err, Error::ChunkCorrupt { .. }), "{err}");
+    assert!(!out.exists());
+    let left: Vec<_> = fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n != "img" && n != "store")
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
 }
 
 #[test]
@@ -390,4 +404,31 @@ fn checked_in_fixtures_round_trip() {
         seen += 1;
     }
     assert!(seen >= 2, "fixtures missing from {}", fixtures.display());
+}
+
+#[test]
+fn a_restore_in_small_windows_writes_the_same_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("img");
+    // Data, a zero run and the same data again: chunks recur in later windows.
+    let data: Vec<u8> = (0..(256u32 << 10))
+        .map(|i| (i * 31 % 253) as u8 + 1)
+        .collect();
+    let image = [&data[..], &vec![0u8; 1 << 20], &data[..], &data[..1000]].concat();
+    fs::write(&p, &image).unwrap();
+    let store = DirStore::new(&dir.path().join("store")).unwrap();
+    let m = snapshot(&p, &store, ChunkerParams::fixed(16384).unwrap());
+    assert!(m.header.chunk_count > 30, "{:?}", m.header);
+    for window in [1, 3, 7] {
+        let out = dir.path().join(format!("out-{window}"));
+        let opts = RestoreOptions {
+            window,
+            ..Default::default()
+        };
+        let stats = restore_image(&m, &store, &out, &opts, &NoProgress).unwrap();
+        assert_eq!(stats.chunks, m.header.chunk_count);
+        assert_eq!(stats.data_bytes, m.header.data_bytes);
+        assert!(fs::read(&out).unwrap() == image, "window {window}");
+        assert!(allocated(&out) < image.len() as u64 - (512 << 10));
+    }
 }

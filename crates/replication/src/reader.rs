@@ -143,7 +143,7 @@ pub async fn restore_snapshot(
     });
     let opts = RestoreOptions {
         overwrite: req.overwrite,
-        threads: 0,
+        ..Default::default()
     };
     let stats = {
         let (source, target) = (source.clone(), req.target.clone());
