@@ -682,7 +682,7 @@ fn corrupt_one_chunk(g: &Geosnap, snapshot: &str) -> Result<String> {
             .next()
             .ok_or_else(|| Error::JobFailed("snapshot has no chunks".into()))?;
         let index = geosnap_replication::index::StoreIndex::load(&nl).await?;
-        let frame = *index
+        let frame = index
             .chunks
             .get(&chunk)
             .ok_or_else(|| Error::JobFailed("chunk not indexed in nl-1".into()))?;

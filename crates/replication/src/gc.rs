@@ -171,12 +171,12 @@ async fn sweep(b: &Bucket, opts: &GcOptions, report: &mut GcReport) -> Result<()
     report.chunks = index.chunks.len() as u64;
     // Frames by pack, with which of their chunks are live.
     let mut frames: HashMap<PackId, HashMap<FrameRef, Vec<(ChunkId, bool)>>> = HashMap::new();
-    for (id, f) in &index.chunks {
+    for (id, f) in index.chunks.iter() {
         let is_live = referenced.contains(id);
         frames
             .entry(f.pack)
             .or_default()
-            .entry(*f)
+            .entry(f)
             .or_default()
             .push((*id, is_live));
         if is_live {
@@ -281,7 +281,7 @@ async fn sweep(b: &Bucket, opts: &GcOptions, report: &mut GcReport) -> Result<()
         .chunks
         .iter()
         .filter(|(id, _)| referenced.contains(*id))
-        .map(|(id, f)| (*id, *f))
+        .map(|(id, f)| (*id, f))
         .collect();
     // One index object for everything live, written before anything is deleted.
     let entries: Vec<index::Entry> = live

@@ -177,11 +177,91 @@ pub fn decode(bytes: &[u8]) -> std::result::Result<Vec<Entry>, String> {
         .collect())
 }
 
+/// Reads every index object of `bucket` in name order (oldest first), eight at a time,
+/// and hands each one's entries, or why they do not decode, to `f`.
+pub async fn visit(
+    bucket: &Bucket,
+    mut f: impl FnMut(PackId, std::result::Result<Vec<Entry>, String>),
+) -> Result<()> {
+    use futures::StreamExt;
+    let mut ids: Vec<PackId> = bucket
+        .list(&prefix())
+        .await?
+        .iter()
+        .filter_map(|m| parse_key(&m.location))
+        .collect();
+    ids.sort();
+    let mut fetched = futures::stream::iter(ids)
+        .map(|id| async move { (id, bucket.get(&key(&id)).await) })
+        .buffered(8);
+    while let Some((id, got)) = fetched.next().await {
+        match got {
+            Ok(bytes) => f(id, decode(&bytes)),
+            // Deleted by a gc between the listing and the read: its entries live on in the
+            // consolidated object gc wrote first.
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Chunk → frame, each frame stored once: 36 bytes a chunk (plus 32 a frame of about 16
+/// chunks) where a map to whole frame addresses takes 64, for indexes of every chunk in a
+/// store.
+#[derive(Debug, Default, Clone)]
+pub struct ChunkTable {
+    map: geosnap_engine::IdMap<u32>,
+    frames: Vec<FrameRef>,
+}
+
+impl ChunkTable {
+    /// Points `id` at `frame` (replacing what it pointed at).
+    pub fn insert(&mut self, id: ChunkId, frame: FrameRef) {
+        // Entries come frame by frame: a frame equal to the last one is the same frame.
+        let n = match self.frames.last() {
+            Some(last) if *last == frame => self.frames.len() - 1,
+            _ => {
+                self.frames.push(frame);
+                self.frames.len() - 1
+            }
+        };
+        self.map.insert(id, n as u32);
+    }
+
+    /// The frame holding `id`.
+    pub fn get(&self, id: &ChunkId) -> Option<FrameRef> {
+        self.map.get(id).map(|&n| self.frames[n as usize])
+    }
+
+    /// Whether `id` is indexed.
+    pub fn contains_key(&self, id: &ChunkId) -> bool {
+        self.map.contains_key(id)
+    }
+
+    /// Chunks indexed.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Whether no chunk is indexed.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// Every chunk and its frame, in no order.
+    pub fn iter(&self) -> impl Iterator<Item = (&ChunkId, FrameRef)> + '_ {
+        self.map
+            .iter()
+            .map(|(id, &n)| (id, self.frames[n as usize]))
+    }
+}
+
 /// Everything a store's index objects say, merged (newer objects win).
 #[derive(Debug, Default, Clone)]
 pub struct StoreIndex {
     /// Chunk → frame.
-    pub chunks: geosnap_engine::IdMap<FrameRef>,
+    pub chunks: ChunkTable,
     /// Index objects read, oldest first.
     pub objects: Vec<PackId>,
     /// Index objects that do not decode, with the reason.
@@ -191,28 +271,9 @@ pub struct StoreIndex {
 impl StoreIndex {
     /// Reads every index object of `bucket`.
     pub async fn load(bucket: &Bucket) -> Result<StoreIndex> {
-        let mut ids: Vec<PackId> = bucket
-            .list(&prefix())
-            .await?
-            .iter()
-            .filter_map(|m| parse_key(&m.location))
-            .collect();
-        ids.sort();
-        // Fetched eight at a time, applied in name order so that newer entries win.
-        use futures::StreamExt;
-        let mut fetched = futures::stream::iter(ids)
-            .map(|id| async move { (id, bucket.get(&key(&id)).await) })
-            .buffered(8);
         let mut index = StoreIndex::default();
-        while let Some((id, got)) = fetched.next().await {
-            let bytes = match got {
-                Ok(b) => b,
-                // Deleted by a gc between the listing and the read: its entries live on in
-                // the consolidated object gc wrote first.
-                Err(e) if e.is_not_found() => continue,
-                Err(e) => return Err(e),
-            };
-            match decode(&bytes) {
+        let visited = visit(bucket, |id, entries| {
+            match entries {
                 Ok(entries) => {
                     for e in entries {
                         index.chunks.insert(e.chunk, e.frame());
@@ -220,19 +281,15 @@ impl StoreIndex {
                     index.objects.push(id);
                 }
                 Err(why) => index.damaged.push((id, why)),
-            }
-        }
-        Ok(index)
+            };
+        })
+        .await;
+        visited.map(|()| index)
     }
 
     /// Whether the store holds `id`.
     pub fn contains(&self, id: &ChunkId) -> bool {
         self.chunks.contains_key(id)
-    }
-
-    /// The chunk ids held.
-    pub fn ids(&self) -> geosnap_engine::IdSet {
-        self.chunks.keys().copied().collect()
     }
 
     /// Groups `ids` by the frame that holds them, frames in pack order; ids the index does
@@ -242,7 +299,7 @@ impl StoreIndex {
         let mut unknown = Vec::new();
         for id in ids {
             match self.chunks.get(id) {
-                Some(f) => frames.entry(*f).or_default().push(*id),
+                Some(f) => frames.entry(f).or_default().push(*id),
                 None => unknown.push(*id),
             }
         }
@@ -357,5 +414,34 @@ mod tests {
         }
         let id = PackId::generate();
         assert_eq!(parse_key(&key(&id)), Some(id));
+    }
+
+    #[test]
+    fn a_chunk_table_shares_frames_and_later_entries_win() {
+        let frame = |p: u8, offset: u64| FrameRef {
+            pack: PackId([p; 16]),
+            offset,
+            len: 100,
+        };
+        let mut t = ChunkTable::default();
+        // Four chunks of one frame, then one of another.
+        for i in 0..4u8 {
+            t.insert(ChunkId::of(&[i]), frame(1, 16));
+        }
+        t.insert(ChunkId::of(&[9]), frame(1, 116));
+        assert_eq!(t.frames.len(), 2);
+        assert_eq!(t.len(), 5);
+        assert_eq!(t.get(&ChunkId::of(&[2])), Some(frame(1, 16)));
+        assert_eq!(t.get(&ChunkId::of(&[9])), Some(frame(1, 116)));
+        assert_eq!(t.get(&ChunkId::of(&[7])), None);
+        // A repair's newer entry shadows the damaged copy.
+        t.insert(ChunkId::of(&[2]), frame(2, 16));
+        assert_eq!(t.get(&ChunkId::of(&[2])), Some(frame(2, 16)));
+        assert_eq!(t.get(&ChunkId::of(&[3])), Some(frame(1, 16)));
+        assert_eq!(
+            t.iter().filter(|(_, f)| f.pack == PackId([1; 16])).count(),
+            4
+        );
+        assert!(t.contains_key(&ChunkId::of(&[0])) && !t.is_empty());
     }
 }

@@ -356,10 +356,10 @@ pub async fn verify_store(
     }
     // Every pack the index points into, walked whole and every frame decoded.
     let mut packs: BTreeMap<PackId, Vec<FrameRef>> = BTreeMap::new();
-    for (id, f) in &index.chunks {
+    for (id, f) in index.chunks.iter() {
         // One snapshot: only the packs that hold its chunks.
         if only.is_none() || wanted.contains_key(id) {
-            packs.entry(f.pack).or_default().push(*f);
+            packs.entry(f.pack).or_default().push(f);
         }
     }
     // Chunks whole at the frame the index names.
@@ -424,7 +424,7 @@ pub async fn verify_store(
         None => index.chunks.len() as u64,
     };
     let mut broken: HashSet<ChunkId> = HashSet::new();
-    for (id, f) in &index.chunks {
+    for (id, f) in index.chunks.iter() {
         let whole = good.contains(&(*id, f.pack, f.offset));
         if !whole && wanted.contains_key(id) {
             if report.missing_packs.contains(&f.pack.to_hex()) {

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use crate::gc::LISTING_WAIT;
-use crate::index::{self, Entry, StoreIndex};
+use crate::index::{self, Entry};
 use crate::pack::{self, PackBuilder};
 use geosnap_engine::codec::EncodedFrame;
 use geosnap_engine::image::Image;
@@ -80,19 +80,44 @@ pub async fn write_snapshot(
     let tuning = regions.tuning;
     let id = req.meta.id;
 
-    // What each store holds, and an in-flight marker so gc spares what we add.
-    let prepared = futures::future::join_all(buckets.into_iter().map(|b| async move {
-        let ready = async {
-            let marker = layout::inflight(&id);
-            b.put(&marker, Bytes::from(now().to_string())).await?;
-            crate::gc::wait_listed(&b, &layout::inflight_prefix(), &marker, LISTING_WAIT).await?;
-            crate::gc::wait_for_gc(&b).await?;
-            Ok::<_, Error>(StoreIndex::load(&b).await?.ids())
+    // What each store holds, and an in-flight marker so gc spares what we add. One map
+    // for all stores (bit i: store i holds the chunk), filled as their indexes stream in.
+    let held: Mutex<geosnap_engine::IdMap<u32>> = Mutex::default();
+    let prepared = futures::future::join_all(buckets.into_iter().enumerate().map(|(i, b)| {
+        let held = &held;
+        async move {
+            let ready = async {
+                let marker = layout::inflight(&id);
+                b.put(&marker, Bytes::from(now().to_string())).await?;
+                crate::gc::wait_listed(&b, &layout::inflight_prefix(), &marker, LISTING_WAIT)
+                    .await?;
+                crate::gc::wait_for_gc(&b).await?;
+                let mut damaged = None;
+                index::visit(&b, |object, entries| match entries {
+                    Ok(entries) => {
+                        if let Ok(mut h) = held.lock() {
+                            for e in entries {
+                                *h.entry(e.chunk).or_default() |= target_bit(i);
+                            }
+                        }
+                    }
+                    Err(why) => {
+                        damaged.get_or_insert(format!("index object {object}: {why}"));
+                    }
+                })
+                .await?;
+                if let Some(why) = damaged {
+                    // Chunks it names may be missing: that store gets them all again.
+                    tracing::warn!(store = %b, %why, "damaged index object; its chunks are rewritten");
+                }
+                Ok::<_, Error>(())
+            }
+            .await;
+            Target::new(b, ready, &tuning)
         }
-        .await;
-        Target::new(b, ready, &tuning)
     }))
     .await;
+    let held = held.into_inner().unwrap_or_default();
     let targets: Vec<Arc<Target>> = prepared.into_iter().map(Arc::new).collect();
     if let Err(e) = check_quorum(&targets, quorum) {
         cleanup(&targets, &id, false).await;
@@ -101,6 +126,7 @@ pub async fn write_snapshot(
 
     let sink = Arc::new(Sink {
         targets: targets.clone(),
+        held,
         claimed: Mutex::default(),
         handle: Handle::current(),
         quorum,
@@ -320,7 +346,6 @@ struct Upload {
 /// One store being written.
 struct Target {
     bucket: Bucket,
-    held: geosnap_engine::IdSet,
     failed: AtomicBool,
     detached: AtomicBool,
     reason: Mutex<String>,
@@ -333,12 +358,11 @@ struct Target {
 }
 
 impl Target {
-    fn new(bucket: Bucket, ready: Result<geosnap_engine::IdSet>, tuning: &Tuning) -> Target {
+    fn new(bucket: Bucket, ready: Result<()>, tuning: &Tuning) -> Target {
         let (tx, rx) = mpsc::unbounded_channel();
         let budget_total = (tuning.buffer_bytes / 1024).max(1);
         let t = Target {
             bucket,
-            held: Default::default(),
             failed: AtomicBool::new(false),
             detached: AtomicBool::new(false),
             reason: Mutex::new(String::new()),
@@ -349,13 +373,10 @@ impl Target {
             rx: Mutex::new(Some(rx)),
             uploaded_bytes: AtomicU64::new(0),
         };
-        match ready {
-            Ok(held) => Target { held, ..t },
-            Err(e) => {
-                t.fail(e.to_string());
-                t
-            }
+        if let Err(e) = ready {
+            t.fail(e.to_string());
         }
+        t
     }
 
     fn active(&self) -> bool {
@@ -499,13 +520,25 @@ async fn upload(
 /// The engine's view of the target stores.
 struct Sink {
     targets: Vec<Arc<Target>>,
+    /// Chunks some target held before the snapshot: bit i set if `targets[i]` holds it.
+    held: geosnap_engine::IdMap<u32>,
     claimed: Mutex<geosnap_engine::IdSet>,
     handle: Handle,
     quorum: usize,
     tuning: Tuning,
 }
 
+/// A target's bit in the held map and in a chunk's class.
+fn target_bit(i: usize) -> u32 {
+    1 << (i % 32)
+}
+
 impl Sink {
+    /// Whether `targets[i]` held chunk `id` before the snapshot.
+    fn holds(&self, i: usize, id: &ChunkId) -> bool {
+        self.held.get(id).is_some_and(|m| m & target_bit(i) != 0)
+    }
+
     fn active(&self) -> usize {
         self.targets.iter().filter(|t| t.active()).count()
     }
@@ -560,12 +593,13 @@ impl ChunkSink for Sink {
     fn claim(&self, id: &ChunkId) -> Option<u32> {
         // The class is the set of targets that lack the chunk: a frame then goes only to
         // targets that lack every chunk in it.
+        let held = self.held.get(id).copied().unwrap_or(0);
         let lacking = self
             .targets
             .iter()
             .enumerate()
-            .filter(|(_, t)| t.active() && !t.held.contains(id))
-            .fold(0u32, |m, (i, _)| m | 1 << (i % 32));
+            .filter(|(i, t)| t.active() && held & target_bit(*i) == 0)
+            .fold(0u32, |m, (i, _)| m | target_bit(i));
         let fresh = lacking != 0
             && self
                 .claimed
@@ -576,8 +610,8 @@ impl ChunkSink for Sink {
     }
 
     fn put_frame(&self, frame: EncodedFrame) -> std::result::Result<(), geosnap_engine::Error> {
-        for t in &self.targets {
-            if !t.active() || frame.chunks.iter().all(|(id, _)| t.held.contains(id)) {
+        for (i, t) in self.targets.iter().enumerate() {
+            if !t.active() || frame.chunks.iter().all(|(id, _)| self.holds(i, id)) {
                 continue;
             }
             let Some(permit) = self.reserve(t, frame.bytes.len()) else {
