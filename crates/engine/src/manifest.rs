@@ -195,50 +195,11 @@ impl Manifest {
     /// Checks the invariants decoding relies on: contiguous, non-empty extents that end at
     /// the image size, chunks no longer than the chunker allows, consistent totals.
     pub fn check(&self) -> Result<(), Error> {
-        let bad = |why: String| Err(Error::ManifestCorrupt(why));
-        self.header.chunker.validate()?;
-        let max = self.header.chunker.max_chunk() as u64;
-        let mut next = 0u64;
-        let (mut data, mut chunks) = (0u64, 0u64);
-        for (i, e) in self.extents.iter().enumerate() {
-            if e.offset() != next {
-                return bad(format!(
-                    "extent {i} starts at {} instead of {next}",
-                    e.offset()
-                ));
-            }
-            if e.is_empty() {
-                return bad(format!("extent {i} is empty"));
-            }
-            if let Extent::Chunk { len, .. } = e {
-                if u64::from(*len) > max {
-                    return bad(format!(
-                        "chunk extent {i} is {len} bytes, longer than the chunker's {max}"
-                    ));
-                }
-                data += u64::from(*len);
-                chunks += 1;
-            }
-            next = match next.checked_add(e.len()) {
-                Some(n) if n <= self.header.image_size => n,
-                _ => {
-                    return bad(format!(
-                        "extent {i} reaches past the image size {}",
-                        self.header.image_size
-                    ));
-                }
-            };
+        let mut c = Checker::new(&self.header.chunker, Some(self.header.image_size))?;
+        for e in &self.extents {
+            c.push(e)?;
         }
-        if next != self.header.image_size {
-            return bad(format!(
-                "extents cover {next} bytes of a {}-byte image",
-                self.header.image_size
-            ));
-        }
-        if data != self.header.data_bytes || chunks != self.header.chunk_count {
-            return bad("header totals do not match the extents".into());
-        }
-        Ok(())
+        c.finish(&self.header)
     }
 
     /// Serialises the manifest (see the module docs for the layout).
@@ -258,6 +219,19 @@ impl Manifest {
 
     /// Parses and checks a manifest; any damage is an error that says what is wrong.
     pub fn decode(bytes: &[u8]) -> Result<Manifest, Error> {
+        let (header, body, count) = Manifest::decode_prefix(bytes)?;
+        let mut extents = Vec::with_capacity(count as usize);
+        walk(&bytes[..bytes.len() - 32], body, count, |e| {
+            extents.push(e);
+            Ok(())
+        })?;
+        let m = Manifest { header, extents };
+        m.check()?;
+        Ok(m)
+    }
+
+    /// The checked header, where the extents start, and how many there are.
+    fn decode_prefix(bytes: &[u8]) -> Result<(ManifestHeader, usize, u64), Error> {
         let header = Manifest::decode_header(bytes)?;
         let corrupt = |why: &str| Error::ManifestCorrupt(why.to_string());
         let body_end = bytes.len() - 32;
@@ -270,37 +244,7 @@ impl Manifest {
         if count > (r.buf.len() - r.pos) as u64 / 2 {
             return Err(corrupt("extent count exceeds the manifest's length"));
         }
-        let mut extents = Vec::with_capacity(count as usize);
-        let mut offset = 0u64;
-        for i in 0..count {
-            let tag = r.u8().ok_or_else(|| corrupt("extent list is cut short"))?;
-            let len = r
-                .varint()
-                .ok_or_else(|| corrupt("extent length is malformed"))?;
-            let e = match tag {
-                TAG_CHUNK => {
-                    let id = r.id().ok_or_else(|| corrupt("extent list is cut short"))?;
-                    let len = u32::try_from(len).map_err(|_| {
-                        Error::ManifestCorrupt(format!("chunk extent {i} is too long"))
-                    })?;
-                    Extent::Chunk { offset, len, id }
-                }
-                TAG_ZERO => Extent::Zero { offset, len },
-                other => {
-                    return Err(Error::ManifestCorrupt(format!(
-                        "extent {i} has unknown tag {other}"
-                    )));
-                }
-            };
-            offset = offset.saturating_add(len);
-            extents.push(e);
-        }
-        if r.pos != body_end {
-            return Err(corrupt("trailing bytes after the extent list"));
-        }
-        let m = Manifest { header, extents };
-        m.check()?;
-        Ok(m)
+        Ok((header, r.pos, count))
     }
 
     /// Parses and checks only the header (the checksum still covers the whole manifest).
@@ -381,96 +325,62 @@ pub struct ExtentLog {
     chunker: ChunkerParams,
     out: BufWriter<std::fs::File>,
     scratch: Vec<u8>,
-    count: u64,
-    next: u64,
-    data_bytes: u64,
-    chunk_count: u64,
+    checker: Checker,
 }
 
 impl ExtentLog {
     /// An empty log in the system's temporary directory.
     pub fn new(chunker: ChunkerParams) -> Result<ExtentLog, Error> {
-        chunker.validate()?;
+        let checker = Checker::new(&chunker, None)?;
         let file = tempfile::tempfile().map_err(|source| Error::Spill { source })?;
         Ok(ExtentLog {
             chunker,
             out: BufWriter::with_capacity(1 << 16, file),
             scratch: Vec::with_capacity(48),
-            count: 0,
-            next: 0,
-            data_bytes: 0,
-            chunk_count: 0,
+            checker,
         })
     }
 
     /// Appends the next extent; it must start where the last one ended, hold bytes, and
     /// (a chunk) be no longer than the chunker allows, as [`Manifest::check`] demands.
     pub fn push(&mut self, e: &Extent) -> Result<(), Error> {
-        let i = self.count;
-        let bad = |why: String| Err(Error::ManifestCorrupt(why));
-        if e.offset() != self.next {
-            return bad(format!(
-                "extent {i} starts at {} instead of {}",
-                e.offset(),
-                self.next
-            ));
-        }
-        if e.is_empty() {
-            return bad(format!("extent {i} is empty"));
-        }
-        if let Extent::Chunk { len, .. } = e {
-            if *len as usize > self.chunker.max_chunk() {
-                return bad(format!(
-                    "chunk extent {i} is {len} bytes, longer than the chunker allows"
-                ));
-            }
-            self.data_bytes += u64::from(*len);
-            self.chunk_count += 1;
-        }
+        self.checker.push(e)?;
         self.scratch.clear();
         encode_extent(&mut self.scratch, e);
         self.out
             .write_all(&self.scratch)
-            .map_err(|source| Error::Spill { source })?;
-        self.count += 1;
-        self.next += e.len();
-        Ok(())
+            .map_err(|source| Error::Spill { source })
     }
 
     /// Extents appended so far.
     pub fn len(&self) -> u64 {
-        self.count
+        self.checker.count
     }
 
     /// Whether nothing was appended.
     pub fn is_empty(&self) -> bool {
-        self.count == 0
+        self.checker.count == 0
     }
 
     /// The encoded manifest of these extents, which must cover `image_size` bytes.
     pub fn finish(self, meta: SnapshotMeta, image_size: u64) -> Result<Vec<u8>, Error> {
-        if self.next != image_size {
-            return Err(Error::ManifestCorrupt(format!(
-                "extents cover {} bytes of a {image_size}-byte image",
-                self.next
-            )));
-        }
         let header = ManifestHeader {
             meta,
             image_size,
             chunker: self.chunker,
             zero_block: ZERO_BLOCK as u32,
             zero_run_min: ZERO_RUN_MIN as u32,
-            data_bytes: self.data_bytes,
-            chunk_count: self.chunk_count,
+            data_bytes: self.checker.data,
+            chunk_count: self.checker.chunks,
         };
+        self.checker.finish(&header)?;
         let spill = |source| Error::Spill { source };
         let mut file = self.out.into_inner().map_err(|e| spill(e.into_error()))?;
         let body = file.stream_position().map_err(spill)?;
         let body = usize::try_from(body)
             .map_err(|_| Error::ManifestCorrupt("manifest too large for memory".into()))?;
         file.rewind().map_err(spill)?;
-        let mut out = encode_prefix(&header, self.count, body)?;
+        let mut out = encode_prefix(&header, self.checker.count, body)?;
         let start = out.len();
         file.take(body as u64)
             .read_to_end(&mut out)
@@ -500,8 +410,265 @@ impl ExtentLog {
             completed_at: 0,
             retention_days: 0,
         };
-        let size = self.next;
+        let size = self.checker.next;
         Ok(self.into_manifest(meta, size)?.extents)
+    }
+}
+
+/// The invariants of a manifest's extents, checked one extent at a time: each starts where
+/// the last ended and holds bytes, no chunk is longer than the chunker allows, none reaches
+/// past the image, and at the end they cover the image and match the header's totals.
+#[derive(Debug)]
+struct Checker {
+    max: u64,
+    image_size: Option<u64>,
+    count: u64,
+    next: u64,
+    data: u64,
+    chunks: u64,
+}
+
+impl Checker {
+    fn new(chunker: &ChunkerParams, image_size: Option<u64>) -> Result<Checker, Error> {
+        chunker.validate()?;
+        Ok(Checker {
+            max: chunker.max_chunk() as u64,
+            image_size,
+            count: 0,
+            next: 0,
+            data: 0,
+            chunks: 0,
+        })
+    }
+
+    fn push(&mut self, e: &Extent) -> Result<(), Error> {
+        let (i, next) = (self.count, self.next);
+        let bad = |why: String| Err(Error::ManifestCorrupt(why));
+        if e.offset() != next {
+            return bad(format!(
+                "extent {i} starts at {} instead of {next}",
+                e.offset()
+            ));
+        }
+        if e.is_empty() {
+            return bad(format!("extent {i} is empty"));
+        }
+        if let Extent::Chunk { len, .. } = e
+            && u64::from(*len) > self.max
+        {
+            return bad(format!(
+                "chunk extent {i} is {len} bytes, longer than the chunker's {}",
+                self.max
+            ));
+        }
+        self.next = match (next.checked_add(e.len()), self.image_size) {
+            (Some(n), None) => n,
+            (Some(n), Some(size)) if n <= size => n,
+            (_, size) => {
+                return bad(format!(
+                    "extent {i} reaches past the image size {}",
+                    size.unwrap_or(u64::MAX)
+                ));
+            }
+        };
+        if let Extent::Chunk { len, .. } = e {
+            self.data += u64::from(*len);
+            self.chunks += 1;
+        }
+        self.count += 1;
+        Ok(())
+    }
+
+    fn finish(&self, header: &ManifestHeader) -> Result<(), Error> {
+        if self.next != header.image_size {
+            return Err(Error::ManifestCorrupt(format!(
+                "extents cover {} bytes of a {}-byte image",
+                self.next, header.image_size
+            )));
+        }
+        if self.data != header.data_bytes || self.chunks != header.chunk_count {
+            return Err(Error::ManifestCorrupt(
+                "header totals do not match the extents".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Decodes `count` extents from `body[start..]` (the bytes before the checksum), handing
+/// each to `f`; the extents must fill the rest of `body` exactly.
+fn walk(
+    body: &[u8],
+    start: usize,
+    count: u64,
+    mut f: impl FnMut(Extent) -> Result<(), Error>,
+) -> Result<(), Error> {
+    let mut it = Extents {
+        r: Reader {
+            buf: body,
+            pos: start,
+        },
+        left: count,
+        offset: 0,
+        index: 0,
+    };
+    while let Some(e) = it.try_next()? {
+        f(e)?;
+    }
+    if it.r.pos != body.len() {
+        return Err(Error::ManifestCorrupt(
+            "trailing bytes after the extent list".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Extents decoded one by one from a manifest's bytes.
+#[derive(Debug)]
+pub struct Extents<'a> {
+    r: Reader<'a>,
+    left: u64,
+    offset: u64,
+    index: u64,
+}
+
+impl Extents<'_> {
+    fn try_next(&mut self) -> Result<Option<Extent>, Error> {
+        if self.left == 0 {
+            return Ok(None);
+        }
+        let i = self.index;
+        let corrupt = |why: &str| Error::ManifestCorrupt(why.to_string());
+        let tag = self
+            .r
+            .u8()
+            .ok_or_else(|| corrupt("extent list is cut short"))?;
+        let len = self
+            .r
+            .varint()
+            .ok_or_else(|| corrupt("extent length is malformed"))?;
+        let offset = self.offset;
+        let e = match tag {
+            TAG_CHUNK => {
+                let id = self
+                    .r
+                    .id()
+                    .ok_or_else(|| corrupt("extent list is cut short"))?;
+                let len = u32::try_from(len)
+                    .map_err(|_| Error::ManifestCorrupt(format!("chunk extent {i} is too long")))?;
+                Extent::Chunk { offset, len, id }
+            }
+            TAG_ZERO => Extent::Zero { offset, len },
+            other => {
+                return Err(Error::ManifestCorrupt(format!(
+                    "extent {i} has unknown tag {other}"
+                )));
+            }
+        };
+        self.offset = offset.saturating_add(len);
+        self.left -= 1;
+        self.index += 1;
+        Ok(Some(e))
+    }
+}
+
+impl Iterator for Extents<'_> {
+    type Item = Extent;
+
+    /// The next extent; an [`EncodedManifest`] was checked whole when parsed, so this only
+    /// ends early if that check was wrong.
+    fn next(&mut self) -> Option<Extent> {
+        self.try_next().ok().flatten()
+    }
+}
+
+/// A manifest kept as its checked, encoded bytes: 36 bytes per 16 KiB chunk, where the
+/// decoded [`Manifest`] adds 48 more per extent. Its extents are decoded as they are read,
+/// so a restore of a large image never holds them all.
+#[derive(Clone, Debug)]
+pub struct EncodedManifest {
+    header: ManifestHeader,
+    bytes: bytes::Bytes,
+    body: usize,
+    count: u64,
+}
+
+impl EncodedManifest {
+    /// Parses and checks a manifest exactly as [`Manifest::decode`] does, keeping its bytes.
+    pub fn parse(bytes: bytes::Bytes) -> Result<EncodedManifest, Error> {
+        let (header, body, count) = Manifest::decode_prefix(&bytes)?;
+        let mut c = Checker::new(&header.chunker, Some(header.image_size))?;
+        walk(&bytes[..bytes.len() - 32], body, count, |e| c.push(&e))?;
+        c.finish(&header)?;
+        Ok(EncodedManifest {
+            header,
+            bytes,
+            body,
+            count,
+        })
+    }
+
+    /// The encoded manifest.
+    pub fn bytes(&self) -> &bytes::Bytes {
+        &self.bytes
+    }
+
+    /// Every distinct chunk id the manifest names.
+    pub fn chunk_ids(&self) -> std::collections::BTreeSet<ChunkId> {
+        self.extents()
+            .filter_map(|e| match e {
+                Extent::Chunk { id, .. } => Some(id),
+                Extent::Zero { .. } => None,
+            })
+            .collect()
+    }
+}
+
+/// What a restore reads of a manifest: its header and its extents in order, whether decoded
+/// into memory ([`Manifest`]) or decoded as read ([`EncodedManifest`]).
+pub trait ManifestView {
+    /// The header.
+    fn header(&self) -> &ManifestHeader;
+    /// The extents in image order.
+    fn extents(&self) -> impl Iterator<Item = Extent> + '_;
+    /// Checks the invariants a restore relies on.
+    fn check(&self) -> Result<(), Error>;
+}
+
+impl ManifestView for Manifest {
+    fn header(&self) -> &ManifestHeader {
+        &self.header
+    }
+
+    fn extents(&self) -> impl Iterator<Item = Extent> + '_ {
+        self.extents.iter().copied()
+    }
+
+    fn check(&self) -> Result<(), Error> {
+        Manifest::check(self)
+    }
+}
+
+impl ManifestView for EncodedManifest {
+    fn header(&self) -> &ManifestHeader {
+        &self.header
+    }
+
+    fn extents(&self) -> impl Iterator<Item = Extent> + '_ {
+        Extents {
+            r: Reader {
+                buf: &self.bytes[..self.bytes.len() - 32],
+                pos: self.body,
+            },
+            left: self.count,
+            offset: 0,
+            index: 0,
+        }
+    }
+
+    /// Checked when parsed; its bytes cannot change since.
+    fn check(&self) -> Result<(), Error> {
+        Ok(())
     }
 }
 
@@ -513,6 +680,7 @@ fn put_varint(out: &mut Vec<u8>, mut v: u64) {
     out.push(v as u8);
 }
 
+#[derive(Debug)]
 struct Reader<'a> {
     buf: &'a [u8],
     pos: usize,
@@ -625,13 +793,16 @@ pub(crate) mod tests {
     #[test]
     fn every_truncation_and_every_bit_flip_is_rejected() {
         let bytes = sample().encode().unwrap();
+        let parse = |b: &[u8]| EncodedManifest::parse(bytes::Bytes::copy_from_slice(b));
         for cut in 0..bytes.len() {
             assert!(Manifest::decode(&bytes[..cut]).is_err(), "cut at {cut}");
+            assert!(parse(&bytes[..cut]).is_err(), "cut at {cut}");
         }
         for i in 0..bytes.len() {
             let mut bad = bytes.clone();
             bad[i] ^= 0x40;
             assert!(Manifest::decode(&bad).is_err(), "flip at {i}");
+            assert!(parse(&bad).is_err(), "flip at {i}");
         }
     }
 
@@ -644,6 +815,33 @@ pub(crate) mod tests {
             matches!(err, Error::ManifestVersion { found: 9, .. }),
             "{err}"
         );
+    }
+
+    #[test]
+    fn an_encoded_manifest_is_checked_like_a_decoded_one() {
+        // Valid checksum, but the header's totals disagree with the extents.
+        let mut m = sample();
+        m.header.chunk_count += 1;
+        let bytes = encode_unchecked(&m);
+        let err = EncodedManifest::parse(bytes::Bytes::from(bytes.clone())).unwrap_err();
+        assert!(err.to_string().contains("header totals"), "{err}");
+        assert_eq!(
+            Manifest::decode(&bytes).unwrap_err().to_string(),
+            err.to_string()
+        );
+        // An extent reaching past the image.
+        let mut m = sample();
+        m.header.image_size -= 1;
+        let err = EncodedManifest::parse(bytes::Bytes::from(encode_unchecked(&m))).unwrap_err();
+        assert!(
+            err.to_string().contains("reaches past the image size"),
+            "{err}"
+        );
+    }
+
+    /// Encodes without checking, as a buggy or hostile writer could.
+    fn encode_unchecked(m: &Manifest) -> Vec<u8> {
+        m.encode().unwrap()
     }
 
     #[test]
@@ -686,6 +884,11 @@ pub(crate) mod tests {
             let m = Manifest::new(meta(), p, offset, extents).unwrap();
             let bytes = m.encode().unwrap();
             prop_assert_eq!(&Manifest::decode(&bytes).unwrap(), &m);
+            // Kept encoded, it yields the same header and extents.
+            let kept = EncodedManifest::parse(bytes::Bytes::from(bytes.clone())).unwrap();
+            prop_assert_eq!(ManifestView::header(&kept), &m.header);
+            prop_assert_eq!(ManifestView::extents(&kept).collect::<Vec<_>>(), m.extents.clone());
+            prop_assert_eq!(kept.chunk_ids(), m.chunk_ids());
             // A scan's extent log encodes the very same bytes.
             let mut log = ExtentLog::new(p).unwrap();
             for e in &m.extents {

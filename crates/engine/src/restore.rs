@@ -15,7 +15,7 @@ use bytes::Bytes;
 use serde::Serialize;
 
 use crate::aligned::{self, AlignedBuf};
-use crate::manifest::{Extent, Manifest};
+use crate::manifest::{Extent, ManifestView};
 use crate::progress::Progress;
 use crate::store::ChunkSource;
 use crate::{ChunkId, Error, IdBuild, IdMap, IdSet};
@@ -113,7 +113,7 @@ pub fn check_target(target: &Path, overwrite: bool) -> Result<PathBuf, Error> {
 
 /// Restores the image `manifest` describes to `target`.
 pub fn restore_image(
-    manifest: &Manifest,
+    manifest: &(impl ManifestView + ?Sized),
     source: &dyn ChunkSource,
     target: &Path,
     opts: &RestoreOptions,
@@ -136,9 +136,9 @@ pub fn restore_image(
         .tempfile_in(&dir)
         .map_err(write_err)?;
     tmp.as_file()
-        .set_len(manifest.header.image_size)
+        .set_len(manifest.header().image_size)
         .map_err(write_err)?;
-    progress.start(manifest.header.image_size);
+    progress.start(manifest.header().image_size);
 
     // Windows of chunk extents, each restored before the next is read: what a restore
     // knows about its chunks (48 bytes per extent, sorted by id) stays bounded whatever the
@@ -146,7 +146,7 @@ pub fn restore_image(
     let window = opts.window();
     let threads = match (opts.threads, source.parallelism()) {
         (0, Some(n)) => n.max(1),
-        _ => opts.thread_count(manifest.header.chunker.max_chunk()),
+        _ => opts.thread_count(manifest.header().chunker.max_chunk()),
     };
     let file = tmp.as_file();
     let direct = aligned::open_direct(tmp.path());
@@ -154,12 +154,12 @@ pub fn restore_image(
     let recovered = AtomicU64::new(0);
     let mut data_bytes = 0u64;
     let mut chunk_count = 0u64;
-    let mut extents = manifest.extents.iter();
+    let mut extents = manifest.extents();
     let mut places: Vec<(ChunkId, u64, u32)> = Vec::new();
     loop {
         places.clear();
         for e in extents.by_ref() {
-            match *e {
+            match e {
                 Extent::Chunk { offset, len, id } => {
                     data_bytes += u64::from(len);
                     places.push((id, offset, len));
@@ -193,6 +193,14 @@ pub fn restore_image(
         places = window.sorted;
     }
     progress.finish();
+    // Every chunk the header counts was written: nothing short is ever renamed into place.
+    let h = manifest.header();
+    if chunk_count != h.chunk_count || data_bytes != h.data_bytes {
+        return Err(Error::ManifestCorrupt(format!(
+            "restored {chunk_count} chunks ({data_bytes} bytes) of the {} ({} bytes) it lists",
+            h.chunk_count, h.data_bytes
+        )));
+    }
     tmp.as_file().sync_all().map_err(write_err)?;
     crate::failpoint::hit("restore-before-rename");
     if opts.overwrite {
@@ -210,9 +218,9 @@ pub fn restore_image(
     }
     sync_dir(&dir).map_err(write_err)?;
     Ok(RestoreStats {
-        image_size: manifest.header.image_size,
+        image_size: manifest.header().image_size,
         data_bytes,
-        zero_bytes: manifest.header.image_size - data_bytes,
+        zero_bytes: manifest.header().image_size - data_bytes,
         chunks: chunk_count,
         recovered_chunks: recovered.load(Ordering::Relaxed),
     })

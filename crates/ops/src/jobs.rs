@@ -10,7 +10,7 @@ use std::time::Duration;
 use geosnap_catalog::{
     Catalog, Completion, Job, JobKind, JobState, ReplicaState, SnapshotState, SnapshotStatsRow,
 };
-use geosnap_engine::manifest::ManifestHeader;
+use geosnap_engine::manifest::{ManifestHeader, ManifestView};
 use geosnap_engine::snapshot::SnapshotOptions;
 use geosnap_replication::reader::fetch_manifest;
 use geosnap_replication::writer::{ReplicaOutcome, WriteRequest, write_snapshot};
@@ -237,7 +237,7 @@ impl Geosnap {
                 return None;
             }
             let m = fetch_manifest(&holders, &id).await.ok()?;
-            Some((m.0.header, holders))
+            Some((m.0.header().clone(), holders))
         });
         let (header, replicas, stored) = match adopted {
             Some((m, holders)) => {

@@ -21,7 +21,7 @@ use chrono::Utc;
 use futures::StreamExt;
 use geosnap_engine::ChunkId;
 use geosnap_engine::codec::Encoder;
-use geosnap_engine::manifest::Manifest;
+use geosnap_engine::manifest::{EncodedManifest, Extent, ManifestView};
 use serde::Serialize;
 
 use crate::bucket::{Bucket, StoreKind};
@@ -151,13 +151,16 @@ async fn sweep(b: &Bucket, opts: &GcOptions, report: &mut GcReport) -> Result<()
     let mut referenced = HashSet::new();
     for id in b.snapshot_ids().await? {
         let bytes = b.get_manifest(&id).await?;
-        let m = Manifest::decode(&bytes).map_err(|e| {
+        let m = EncodedManifest::parse(bytes).map_err(|e| {
             Error::Engine(geosnap_engine::Error::ManifestCorrupt(format!(
                 "gc stopped in {b}: manifest of {id} does not decode, so its chunks cannot be \
                  told apart from garbage ({e}); run verify --repair first"
             )))
         })?;
-        referenced.extend(m.chunk_ids());
+        referenced.extend(m.extents().filter_map(|e| match e {
+            Extent::Chunk { id, .. } => Some(id),
+            Extent::Zero { .. } => None,
+        }));
         report.manifests += 1;
     }
     let index = StoreIndex::load(b).await?;

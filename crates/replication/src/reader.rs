@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use bytes::Bytes;
 use geosnap_engine::codec::{DecodedFrame, Decoder, Encoder, FRAME_TARGET};
-use geosnap_engine::manifest::{Backing, Manifest};
+use geosnap_engine::manifest::{Backing, EncodedManifest, ManifestView};
 use geosnap_engine::restore::{RestoreOptions, RestoreStats, restore_image};
 use geosnap_engine::store::{ChunkSource, Fetched};
 use geosnap_engine::{ChunkId, Progress, SnapshotId};
@@ -78,23 +78,23 @@ pub fn sources(regions: &Regions, req: &RestoreRequest) -> Result<Vec<Bucket>> {
 /// Reads and decodes a manifest from the first store that has a good copy; writes it back
 /// to the first store if that one's copy was missing or damaged. Returns the manifest and
 /// whether it was repaired.
-pub async fn fetch_manifest(stores: &[Bucket], id: &SnapshotId) -> Result<(Manifest, bool)> {
+pub async fn fetch_manifest(stores: &[Bucket], id: &SnapshotId) -> Result<(EncodedManifest, bool)> {
     let mut first_err: Option<Error> = None;
     for (i, b) in stores.iter().enumerate() {
         let got = match b.get_manifest(id).await {
-            Ok(bytes) => Manifest::decode(&bytes)
+            Ok(bytes) => EncodedManifest::parse(bytes.clone())
                 .map(|m| (m, bytes))
                 .map_err(Error::Engine),
             Err(e) => Err(e),
         };
         match got {
             Ok((m, bytes)) => {
-                if m.header.meta.id != *id {
+                if m.header().meta.id != *id {
                     first_err.get_or_insert(Error::Engine(geosnap_engine::Error::ManifestCorrupt(
                         format!(
                             "manifest at {} names snapshot {}",
                             layout::manifest(id),
-                            m.header.meta.id
+                            m.header().meta.id
                         ),
                     )));
                     continue;

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use bytes::Bytes;
 use futures::StreamExt;
-use geosnap_engine::manifest::{Backing, Extent, Manifest};
+use geosnap_engine::manifest::{Backing, Extent, Manifest, ManifestView};
 use geosnap_engine::{ChunkId, SnapshotId};
 use serde::Serialize;
 
@@ -168,7 +168,7 @@ pub async fn replicate_snapshot(
         }
         let key = layout::manifest(id);
         if !target.exists(&key).await? {
-            target.put(&key, Bytes::from(manifest.encode()?)).await?;
+            target.put(&key, manifest.bytes().clone()).await?;
             report.manifest_written = true;
         }
         crate::gc::wait_listed(
@@ -183,10 +183,9 @@ pub async fn replicate_snapshot(
     .await
 }
 
-fn chunk_lengths(m: &Manifest) -> BTreeMap<ChunkId, usize> {
-    m.extents
-        .iter()
-        .filter_map(|e| match *e {
+fn chunk_lengths(m: &impl ManifestView) -> BTreeMap<ChunkId, usize> {
+    m.extents()
+        .filter_map(|e| match e {
             Extent::Chunk { id, len, .. } => Some((id, len as usize)),
             Extent::Zero { .. } => None,
         })
@@ -335,9 +334,7 @@ pub async fn verify_store(
                 if repair && !others.is_empty() {
                     match fetch_manifest(&others, &id).await {
                         Ok((m, _)) => {
-                            store
-                                .put(&layout::manifest(&id), Bytes::from(m.encode()?))
-                                .await?;
+                            store.put(&layout::manifest(&id), m.bytes().clone()).await?;
                             wanted.extend(chunk_lengths(&m));
                             report.repaired.push(format!("manifest {id}"));
                         }
