@@ -208,3 +208,25 @@ fn usage_errors_exit_2() {
     env.fails(&["snapshot", "take", "vm"], 2);
     env.fails(&["frobnicate"], 2);
 }
+
+#[test]
+fn an_unwritable_temporary_directory_fails_the_snapshot_in_one_sentence() {
+    // The extents of a snapshot go to a temporary file; where none can be made (a full or
+    // missing TMPDIR), the snapshot fails cleanly and a later one works.
+    let (env, _) = with_instance();
+    let out = env
+        .cmd(&["snapshot", "take", "vm", "--name", "s"])
+        .env("TMPDIR", env.path("no-such-dir"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot write the manifest's temporary file") && err.contains("no-such-dir"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    env.ok(&["snapshot", "take", "vm", "--name", "s2"]);
+    assert_eq!(env.snapshot("vm/s2")["state"], "available");
+}
