@@ -137,6 +137,13 @@ impl Config {
         if names.len() != self.regions.len() {
             return Err(bad("two regions share a name".into()));
         }
+        if self.regions.len() > geosnap_replication::region::MAX_REGIONS {
+            return Err(bad(format!(
+                "{} regions are configured; geosnap supports at most {}",
+                self.regions.len(),
+                geosnap_replication::region::MAX_REGIONS
+            )));
+        }
         if self.quorum == 0 || self.quorum > self.regions.len() {
             return Err(bad(format!(
                 "quorum {} is impossible with {} regions",

@@ -190,9 +190,23 @@ pub struct Regions {
     pub tuning: Tuning,
 }
 
+/// Most regions one configuration may name: a snapshot's writer keeps, per chunk, one bit
+/// for each store it writes.
+pub const MAX_REGIONS: usize = 32;
+
 impl Regions {
-    /// A set of regions; `quorum` must be between 1 and their number.
+    /// A set of regions; `quorum` must be between 1 and their number, and there may be at
+    /// most [`MAX_REGIONS`].
     pub fn new(regions: Vec<Region>, quorum: usize) -> Result<Regions> {
+        if regions.len() > MAX_REGIONS {
+            return Err(Error::Config {
+                region: "*".into(),
+                reason: format!(
+                    "{} regions are configured; geosnap supports at most {MAX_REGIONS}",
+                    regions.len()
+                ),
+            });
+        }
         if regions.is_empty() || quorum == 0 || quorum > regions.len() {
             return Err(Error::Config {
                 region: "*".into(),
@@ -273,6 +287,26 @@ mod tests {
             volume_url: "memory://".into(),
             options: BTreeMap::new(),
         }
+    }
+
+    #[test]
+    fn more_regions_than_a_chunk_has_bits_for_are_refused() {
+        let open = |n: usize| -> Vec<Region> {
+            (0..n)
+                .map(|i| {
+                    let s = RegionSpec {
+                        name: format!("r-{i}"),
+                        ..spec("memory://")
+                    };
+                    Region::open(&s, FaultConfig::default(), RetryPolicy::default()).unwrap()
+                })
+                .collect()
+        };
+        assert!(Regions::new(open(MAX_REGIONS), 2).is_ok());
+        let err = Regions::new(open(MAX_REGIONS + 1), 2)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("at most 32"), "{err}");
     }
 
     #[test]

@@ -528,9 +528,11 @@ struct Sink {
     tuning: Tuning,
 }
 
-/// A target's bit in the held map and in a chunk's class.
+/// A target's bit in the held map and in a chunk's class ([`Regions`] allows at most
+/// [`crate::region::MAX_REGIONS`] = 32 regions, so every target has a bit of its own).
 fn target_bit(i: usize) -> u32 {
-    1 << (i % 32)
+    const _: () = assert!(crate::region::MAX_REGIONS <= 32);
+    1 << i
 }
 
 impl Sink {
