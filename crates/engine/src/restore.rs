@@ -152,6 +152,7 @@ pub fn restore_image(
     let direct = aligned::open_direct(tmp.path());
     let written = AtomicU64::new(0);
     let recovered = AtomicU64::new(0);
+    let recovered_ids = Mutex::new(IdSet::default());
     let mut data_bytes = 0u64;
     let mut chunk_count = 0u64;
     let mut extents = manifest.extents();
@@ -183,6 +184,7 @@ pub fn restore_image(
             written: &written,
             cancel: &AtomicBool::new(false),
             recovered: &recovered,
+            recovered_ids: &recovered_ids,
             source,
             file,
             direct: direct.as_ref(),
@@ -290,6 +292,8 @@ struct Restore<'a> {
     written: &'a AtomicU64,
     cancel: &'a AtomicBool,
     recovered: &'a AtomicU64,
+    /// Chunks recovered from a further copy so far, across windows.
+    recovered_ids: &'a Mutex<IdSet>,
     source: &'a dyn ChunkSource,
     file: &'a File,
     /// The same file opened for direct I/O, where the filesystem allows it.
@@ -393,16 +397,6 @@ impl Restore<'_> {
 
     /// The chunk's bytes have the manifest's length and hash to its id.
     fn check(&self, id: &ChunkId, data: &[u8]) -> Result<(), Error> {
-        let want = self.places.of(id).first().map_or(0, |p| p.2 as usize);
-        if data.len() != want {
-            return Err(Error::ChunkCorrupt {
-                id: *id,
-                detail: format!(
-                    "holds {} bytes where the manifest expects {want}",
-                    data.len()
-                ),
-            });
-        }
         let actual = ChunkId::of(data);
         if actual != *id {
             return Err(Error::ChunkCorrupt {
@@ -410,12 +404,27 @@ impl Restore<'_> {
                 detail: format!("content hashes to {}", actual.short()),
             });
         }
+        // The right content but another length than this place gives: the manifest is
+        // wrong (one id given two lengths), not the store.
+        if let Some(&(_, offset, want)) = self.places.of(id).first()
+            && data.len() != want as usize
+        {
+            return Err(Error::ManifestCorrupt(format!(
+                "chunk {} is {} bytes, but the manifest gives it {want} bytes at offset {offset}",
+                id.short(),
+                data.len()
+            )));
+        }
         Ok(())
     }
 
     /// Asks further copies for one chunk the preferred copy failed with `first`; that
     /// first error is the one reported if no copy has it.
     fn fallback(&self, id: &ChunkId, first: Error) -> Result<Bytes, Error> {
+        // No copy can fix a manifest.
+        if matches!(first, Error::ManifestCorrupt(_)) {
+            return Err(first);
+        }
         let mut first_err = Some(first);
         for attempt in 1.. {
             match self.source.fetch(std::slice::from_ref(id), attempt) {
@@ -424,8 +433,16 @@ impl Restore<'_> {
                     if let Some((_, data)) = v.into_iter().find(|(c, _)| c == id) {
                         match self.check(id, &data) {
                             Ok(()) => {
-                                self.source.recovered(id, attempt, &data);
-                                self.recovered.fetch_add(1, Ordering::Relaxed);
+                                // Once per chunk, though it may recur in later windows.
+                                let first_time = self
+                                    .recovered_ids
+                                    .lock()
+                                    .map(|mut r| r.insert(*id))
+                                    .unwrap_or(true);
+                                if first_time {
+                                    self.source.recovered(id, attempt, &data);
+                                    self.recovered.fetch_add(1, Ordering::Relaxed);
+                                }
                                 return Ok(data);
                             }
                             Err(e) => {

@@ -13,8 +13,8 @@ use geosnap_engine::imagegen::{Profile, generate};
 use geosnap_engine::manifest::{Backing, Extent, Manifest, SnapshotMeta};
 use geosnap_engine::restore::{RestoreOptions, restore_image};
 use geosnap_engine::snapshot::{SnapshotOptions, snapshot_image};
-use geosnap_engine::store::DirStore;
-use geosnap_engine::{Error, NoProgress, SnapshotId};
+use geosnap_engine::store::{ChunkSource, DirStore, Fetched};
+use geosnap_engine::{ChunkId, Error, NoProgress, SnapshotId};
 
 fn meta() -> SnapshotMeta {
     SnapshotMeta {
@@ -300,7 +300,12 @@ fn a_manifest_whose_lengths_do_not_match_its_chunks_writes_nothing() {
     let m = Manifest::decode(&m.encode().unwrap()).unwrap();
     let out = dir.path().join("out");
     let err = restore_image(&m, &store, &out, &RestoreOptions::default(), &NoProgress).unwrap_err();
-    assert!(err.to_string().contains("manifest expects"), "{err}");
+    // The stored chunks hash right: it is the manifest that is wrong, and says so.
+    assert!(matches!(err, Error::ManifestCorrupt(_)), "{err}");
+    assert!(
+        err.to_string().contains("but the manifest gives it"),
+        "{err}"
+    );
     assert!(!out.exists());
 }
 
@@ -333,13 +338,18 @@ fn a_manifest_giving_one_chunk_two_lengths_writes_nothing() {
     assert!(matches!(err, Error::ManifestCorrupt(_)), "{err}");
     assert!(err.to_string().contains("4096 bytes"), "{err}");
     assert!(!out.exists());
-    // Planned one extent at a time, the second place fails its length check instead.
+    // Planned one extent at a time, the second place fails its length check instead: the
+    // content is right, so the manifest is named, and no other copy is asked.
     let one = RestoreOptions {
         window: 1,
         ..Default::default()
     };
     let err = restore_image(&m, &store, &out, &one, &NoProgress).unwrap_err();
-    assert!(matches!(err, Error::ChunkCorrupt { .. }), "{err}");
+    assert!(matches!(err, Error::ManifestCorrupt(_)), "{err}");
+    assert!(
+        err.to_string().contains("4096 bytes at offset 16384"),
+        "{err}"
+    );
     assert!(!out.exists());
     let left: Vec<_> = fs::read_dir(dir.path())
         .unwrap()
@@ -431,4 +441,59 @@ fn a_restore_in_small_windows_writes_the_same_bytes() {
         assert!(fs::read(&out).unwrap() == image, "window {window}");
         assert!(allocated(&out) < image.len() as u64 - (512 << 10));
     }
+}
+
+/// Two copies: the first has nothing, the second everything; counts what it is told it
+/// repaired.
+struct SecondCopyOnly {
+    chunks: std::collections::HashMap<ChunkId, bytes::Bytes>,
+    recovered: std::sync::Mutex<Vec<ChunkId>>,
+}
+
+impl ChunkSource for SecondCopyOnly {
+    fn fetch(&self, ids: &[ChunkId], attempt: u32) -> Result<Option<Fetched>, Error> {
+        Ok(match attempt {
+            0 => Some(Vec::new()),
+            1 => Some(ids.iter().map(|i| (*i, self.chunks[i].clone())).collect()),
+            _ => None,
+        })
+    }
+
+    fn recovered(&self, id: &ChunkId, _attempt: u32, _data: &bytes::Bytes) {
+        self.recovered.lock().unwrap().push(*id);
+    }
+}
+
+#[test]
+fn a_chunk_recurring_in_later_windows_is_recovered_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = bytes::Bytes::from(vec![7u8; 4096]);
+    let id = ChunkId::of(&data);
+    let extents = (0..4u64)
+        .map(|i| Extent::Chunk {
+            offset: i * 4096,
+            len: 4096,
+            id,
+        })
+        .collect();
+    let m = Manifest::new(
+        meta(),
+        ChunkerParams::fixed(4096).unwrap(),
+        4 * 4096,
+        extents,
+    )
+    .unwrap();
+    let src = SecondCopyOnly {
+        chunks: [(id, data)].into_iter().collect(),
+        recovered: Default::default(),
+    };
+    let opts = RestoreOptions {
+        window: 1,
+        ..Default::default()
+    };
+    let out = dir.path().join("out");
+    let stats = restore_image(&m, &src, &out, &opts, &NoProgress).unwrap();
+    assert_eq!(stats.recovered_chunks, 1);
+    assert_eq!(src.recovered.lock().unwrap().len(), 1);
+    assert_eq!(fs::read(&out).unwrap(), vec![7u8; 4 * 4096]);
 }

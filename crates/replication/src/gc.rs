@@ -280,12 +280,14 @@ async fn sweep(b: &Bucket, opts: &GcOptions, report: &mut GcReport) -> Result<()
         pack::upload(b, &id, parts).await?;
     }
     report.packs_repacked = rewrite.len() as u64;
-    let live: Vec<(ChunkId, FrameRef)> = index
+    let mut live: Vec<(ChunkId, FrameRef)> = index
         .chunks
         .iter()
         .filter(|(id, _)| referenced.contains(*id))
         .map(|(id, f)| (*id, f))
         .collect();
+    // In pack order, so a reader's index keeps each frame's address once (`ChunkTable`).
+    live.sort_unstable_by_key(|(id, f)| (moved.get(id).copied().unwrap_or(*f), *id));
     // One index object for everything live, written before anything is deleted.
     let entries: Vec<index::Entry> = live
         .iter()

@@ -226,6 +226,8 @@ impl ChunkTable {
                 self.frames.len() - 1
             }
         };
+        // More than 2^32 frames would need over 128 GB of frame addresses first.
+        debug_assert!(u32::try_from(n).is_ok());
         self.map.insert(id, n as u32);
     }
 
@@ -247,6 +249,11 @@ impl ChunkTable {
     /// Whether no chunk is indexed.
     pub fn is_empty(&self) -> bool {
         self.map.is_empty()
+    }
+
+    /// Frame addresses held: about one per 16 chunks when entries came in pack order.
+    pub fn frame_count(&self) -> usize {
+        self.frames.len()
     }
 
     /// Every chunk and its frame, in no order.

@@ -360,7 +360,8 @@ impl ChunkSource for RegionSource {
 
     fn recovered(&self, id: &ChunkId, _attempt: u32, data: &Bytes) {
         if let Ok(mut r) = self.recovered.lock() {
-            r.push((*id, data.clone()));
+            // A copy of the chunk alone: a slice would keep its whole decoded frame alive.
+            r.push((*id, Bytes::copy_from_slice(data)));
         }
     }
 }

@@ -530,3 +530,38 @@ async fn a_region_receives_only_the_chunks_it_lacks() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_gc_a_store_index_still_shares_frame_addresses() {
+    let dir = tempfile::tempdir().unwrap();
+    let regions = regions(dir.path());
+    let img = image(dir.path(), 48 << 20);
+    take(&regions, &img, meta(Backing::Image)).await.unwrap();
+    // A second snapshot of other data: a second index object, which gc folds with the first.
+    let other = dir.path().join("other.img");
+    generate(&other, 48 << 20, Profile::Mixed, 8).unwrap();
+    take(&regions, &other, meta(Backing::Image)).await.unwrap();
+    let it = regions.get("it-1").unwrap().bucket(StoreKind::Main).clone();
+    let before = StoreIndex::load(&it).await.unwrap();
+    assert_eq!(before.objects.len(), 2);
+    for r in geosnap_replication::gc::gc_all(&regions, &Default::default()).await {
+        r.unwrap();
+    }
+    let after = StoreIndex::load(&it).await.unwrap();
+    assert_eq!(
+        after.objects.len(),
+        1,
+        "gc folds the index objects into one"
+    );
+    assert_eq!(after.chunks.len(), before.chunks.len());
+    // gc writes its one index object in pack order, so frames are still stored once each
+    // (about 16 chunks per frame), not once per chunk.
+    assert!(
+        after.chunks.frame_count() <= before.chunks.frame_count(),
+        "{} frames after gc, {} before, {} chunks",
+        after.chunks.frame_count(),
+        before.chunks.frame_count(),
+        after.chunks.len()
+    );
+    assert!(after.chunks.frame_count() * 4 < after.chunks.len());
+}
