@@ -357,3 +357,95 @@ fn read_image(
     }
     Ok((pending, stats))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Extents of `lens` (true = chunk), offsets contiguous.
+    fn extents(lens: &[(u32, bool)]) -> Vec<Extent> {
+        let mut offset = 0;
+        lens.iter()
+            .enumerate()
+            .map(|(i, &(len, chunk))| {
+                let e = if chunk {
+                    Extent::Chunk {
+                        offset,
+                        len,
+                        id: ChunkId::of(&i.to_le_bytes()),
+                    }
+                } else {
+                    Extent::Zero {
+                        offset,
+                        len: u64::from(len),
+                    }
+                };
+                offset += u64::from(len);
+                e
+            })
+            .collect()
+    }
+
+    proptest! {
+        /// Whatever order the workers finish in, the log receives the extents in image
+        /// order with their ids, and nothing before every id is known.
+        #[test]
+        fn ids_filled_in_any_order_reach_the_log_in_image_order(
+            lens in prop::collection::vec((1u32..=16384, any::<bool>()), 1..60),
+            order in any::<u64>(),
+        ) {
+            let want = extents(&lens);
+            let chunker = ChunkerParams::fixed(16384).unwrap();
+            let mut pending = Pending::new(ExtentLog::new(chunker).unwrap());
+            let mut indexes = Vec::new();
+            for e in &want {
+                let placeholder = match *e {
+                    Extent::Chunk { offset, len, .. } => Extent::Chunk { offset, len, id: ChunkId([0; 32]) },
+                    z => z,
+                };
+                let i = pending.push(placeholder);
+                if let Extent::Chunk { id, .. } = e {
+                    indexes.push((i, *id));
+                }
+            }
+            // A seeded shuffle stands for the workers' finishing order.
+            let mut x = order | 1;
+            for k in (1..indexes.len()).rev() {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                indexes.swap(k, (x % (k as u64 + 1)) as usize);
+            }
+            let last = indexes.pop();
+            for (i, id) in indexes {
+                pending.fill(i, id);
+                pending.drain().unwrap();
+            }
+            if let Some((i, id)) = last {
+                // One id still missing: the log cannot be finished yet.
+                prop_assert!(!pending.queue.is_empty());
+                pending.fill(i, id);
+            }
+            let log = pending.finish().unwrap();
+            prop_assert_eq!(log.into_extents().unwrap(), want);
+        }
+    }
+
+    #[test]
+    fn a_chunk_never_filled_leaves_the_snapshot_cancelled() {
+        let chunker = ChunkerParams::fixed(16384).unwrap();
+        let mut pending = Pending::new(ExtentLog::new(chunker).unwrap());
+        pending.push(Extent::Zero {
+            offset: 0,
+            len: 4096,
+        });
+        pending.push(Extent::Chunk {
+            offset: 4096,
+            len: 100,
+            id: ChunkId([0; 32]),
+        });
+        pending.drain().unwrap();
+        assert!(matches!(pending.finish(), Err(Error::Cancelled)));
+    }
+}
