@@ -199,6 +199,24 @@ fn allocated_bytes(image: &Image) -> Result<u64> {
     Ok(total)
 }
 
+/// `MemAvailable` from `/proc/meminfo`, in bytes; `None` where there is none.
+fn mem_available() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// Whether `need` bytes leave a tenth of `available` free.
+fn fits_in_memory(need: u64, available: u64) -> bool {
+    need <= available / 10 * 9
+}
+
+/// "1.5 GiB".
+fn human(bytes: u64) -> String {
+    format!("{:.1} GiB", bytes as f64 / (1u64 << 30) as f64)
+}
+
 fn memory_regions() -> Result<Regions> {
     let list = ["it-1", "de-1", "nl-1"]
         .iter()
@@ -232,7 +250,6 @@ pub fn run(opts: &BenchOptions, rt: &tokio::runtime::Handle) -> Result<BenchRepo
     };
     let image = Image::open(&path)?;
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-
     // Stage rates on a sample, one core each, in a steady state: buffers are reused as the
     // pipeline reuses them, so no stage pays for the kernel zeroing fresh pages.
     let data = sample(&image)?;
@@ -347,6 +364,25 @@ pub fn run(opts: &BenchOptions, rt: &tokio::runtime::Handle) -> Result<BenchRepo
     }));
     let zstd_ratio = sample_len as f64 / compressed.max(1) as f64;
 
+    // Three in-memory regions will hold three copies of what the snapshot stores: refuse
+    // before filling the machine's memory, not after. Stored bytes are estimated from the
+    // sample (zero runs and zstd both shrink it), with a quarter more for safety.
+    let allocated = allocated_bytes(&image)?;
+    if let Some(available) = mem_available() {
+        let need = (allocated as f64 / zstd_ratio * REGIONS as f64 * 1.25) as u64;
+        if !fits_in_memory(need, available) {
+            if generated {
+                let _ = std::fs::remove_file(&path);
+            }
+            return Err(Error::BenchTooLarge {
+                image: path,
+                data: human(allocated),
+                need: human(need),
+                available: human(available),
+            });
+        }
+    }
+
     // Snapshot into three in-memory regions.
     let regions = memory_regions()?;
     let meta = SnapshotMeta {
@@ -387,7 +423,6 @@ pub fn run(opts: &BenchOptions, rt: &tokio::runtime::Handle) -> Result<BenchRepo
     };
     // Every allocated byte is read and zero-checked (written zeros too, holes never);
     // only data is hashed, compressed and packed.
-    let allocated = allocated_bytes(&image)?;
     let scan = 1.0 / rate("read") + 1.0 / rate("zero");
     let per_data_byte =
         1.0 / rate("SHA") + 1.0 / rate("zstd") + REGIONS as f64 / zstd_ratio / rate("pack");
@@ -500,4 +535,19 @@ fn compare(path: &Path, level: i32) -> Result<Vec<ChunkerFigures>> {
         });
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_memory_guard_leaves_a_tenth_free() {
+        assert!(fits_in_memory(9 << 30, 10 << 30));
+        assert!(!fits_in_memory((9 << 30) + 1, 10 << 30));
+        assert!(!fits_in_memory(u64::MAX, 24 << 30));
+        // This machine reports its free memory.
+        assert!(mem_available().is_some_and(|m| m > 0));
+        assert_eq!(human(3 << 29), "1.5 GiB");
+    }
 }

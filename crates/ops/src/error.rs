@@ -69,6 +69,22 @@ pub enum Error {
         /// Home region.
         home: String,
     },
+    /// `geosnap bench` would need more memory than the machine has free.
+    #[error(
+        "bench keeps three in-memory copies of what it stores: {image} holds {data} of data, \
+         which would need about {need} of memory, and {available} is available; bench a \
+         smaller image or a generated one (--size)"
+    )]
+    BenchTooLarge {
+        /// Image.
+        image: PathBuf,
+        /// Its data (allocated, non-hole bytes), human-readable.
+        data: String,
+        /// What the pipelines may need, human-readable.
+        need: String,
+        /// MemAvailable, human-readable.
+        available: String,
+    },
     /// A job ended in failure.
     #[error("{0}")]
     JobFailed(String),
