@@ -181,17 +181,6 @@ impl Manifest {
         Ok(m)
     }
 
-    /// Every distinct chunk id the manifest names.
-    pub fn chunk_ids(&self) -> std::collections::BTreeSet<ChunkId> {
-        self.extents
-            .iter()
-            .filter_map(|e| match e {
-                Extent::Chunk { id, .. } => Some(*id),
-                Extent::Zero { .. } => None,
-            })
-            .collect()
-    }
-
     /// Checks the invariants decoding relies on: contiguous, non-empty extents that end at
     /// the image size, chunks no longer than the chunker allows, consistent totals.
     pub fn check(&self) -> Result<(), Error> {
@@ -362,8 +351,13 @@ impl ExtentLog {
         self.checker.count == 0
     }
 
-    /// The encoded manifest of these extents, which must cover `image_size` bytes.
-    pub fn finish(self, meta: SnapshotMeta, image_size: u64) -> Result<Vec<u8>, Error> {
+    /// The manifest of these extents, which must cover `image_size` bytes: its header and
+    /// its encoded bytes.
+    pub fn finish(
+        self,
+        meta: SnapshotMeta,
+        image_size: u64,
+    ) -> Result<(ManifestHeader, Vec<u8>), Error> {
         let header = ManifestHeader {
             meta,
             image_size,
@@ -390,12 +384,12 @@ impl ExtentLog {
         }
         let sum = Sha256::digest(&out);
         out.extend_from_slice(&sum);
-        Ok(out)
+        Ok((header, out))
     }
 
     /// The manifest of these extents, decoded and checked (tests and tools).
     pub fn into_manifest(self, meta: SnapshotMeta, image_size: u64) -> Result<Manifest, Error> {
-        Manifest::decode(&self.finish(meta, image_size)?)
+        Manifest::decode(&self.finish(meta, image_size)?.1)
     }
 
     /// The extents, read back into memory (tests and tools).
@@ -503,15 +497,7 @@ fn walk(
     count: u64,
     mut f: impl FnMut(Extent) -> Result<(), Error>,
 ) -> Result<(), Error> {
-    let mut it = Extents {
-        r: Reader {
-            buf: body,
-            pos: start,
-        },
-        left: count,
-        offset: 0,
-        index: 0,
-    };
+    let mut it = Extents::new(body, start, count);
     while let Some(e) = it.try_next()? {
         f(e)?;
     }
@@ -525,14 +511,27 @@ fn walk(
 
 /// Extents decoded one by one from a manifest's bytes.
 #[derive(Debug)]
-pub struct Extents<'a> {
+struct Extents<'a> {
     r: Reader<'a>,
     left: u64,
     offset: u64,
     index: u64,
 }
 
-impl Extents<'_> {
+impl<'a> Extents<'a> {
+    /// `count` extents from `body[start..]`.
+    fn new(body: &'a [u8], start: usize, count: u64) -> Extents<'a> {
+        Extents {
+            r: Reader {
+                buf: body,
+                pos: start,
+            },
+            left: count,
+            offset: 0,
+            index: 0,
+        }
+    }
+
     fn try_next(&mut self) -> Result<Option<Extent>, Error> {
         if self.left == 0 {
             return Ok(None);
@@ -612,20 +611,10 @@ impl EncodedManifest {
     pub fn bytes(&self) -> &bytes::Bytes {
         &self.bytes
     }
-
-    /// Every distinct chunk id the manifest names.
-    pub fn chunk_ids(&self) -> std::collections::BTreeSet<ChunkId> {
-        self.extents()
-            .filter_map(|e| match e {
-                Extent::Chunk { id, .. } => Some(id),
-                Extent::Zero { .. } => None,
-            })
-            .collect()
-    }
 }
 
-/// What a restore reads of a manifest: its header and its extents in order, whether decoded
-/// into memory ([`Manifest`]) or decoded as read ([`EncodedManifest`]).
+/// What restore, gc and repair read of a manifest: its header and its extents in order,
+/// whether decoded into memory ([`Manifest`]) or decoded as read ([`EncodedManifest`]).
 pub trait ManifestView {
     /// The header.
     fn header(&self) -> &ManifestHeader;
@@ -633,6 +622,16 @@ pub trait ManifestView {
     fn extents(&self) -> impl Iterator<Item = Extent> + '_;
     /// Checks the invariants a restore relies on.
     fn check(&self) -> Result<(), Error>;
+
+    /// Every distinct chunk id the manifest names.
+    fn chunk_ids(&self) -> std::collections::BTreeSet<ChunkId> {
+        self.extents()
+            .filter_map(|e| match e {
+                Extent::Chunk { id, .. } => Some(id),
+                Extent::Zero { .. } => None,
+            })
+            .collect()
+    }
 }
 
 impl ManifestView for Manifest {
@@ -655,15 +654,7 @@ impl ManifestView for EncodedManifest {
     }
 
     fn extents(&self) -> impl Iterator<Item = Extent> + '_ {
-        Extents {
-            r: Reader {
-                buf: &self.bytes[..self.bytes.len() - 32],
-                pos: self.body,
-            },
-            left: self.count,
-            offset: 0,
-            index: 0,
-        }
+        Extents::new(&self.bytes[..self.bytes.len() - 32], self.body, self.count)
     }
 
     /// Checked when parsed; its bytes cannot change since.
@@ -819,10 +810,11 @@ pub(crate) mod tests {
 
     #[test]
     fn an_encoded_manifest_is_checked_like_a_decoded_one() {
-        // Valid checksum, but the header's totals disagree with the extents.
+        // Valid checksum, but the header's totals disagree with the extents (`encode` does
+        // not check, as a buggy or hostile writer would not).
         let mut m = sample();
         m.header.chunk_count += 1;
-        let bytes = encode_unchecked(&m);
+        let bytes = m.encode().unwrap();
         let err = EncodedManifest::parse(bytes::Bytes::from(bytes.clone())).unwrap_err();
         assert!(err.to_string().contains("header totals"), "{err}");
         assert_eq!(
@@ -832,16 +824,11 @@ pub(crate) mod tests {
         // An extent reaching past the image.
         let mut m = sample();
         m.header.image_size -= 1;
-        let err = EncodedManifest::parse(bytes::Bytes::from(encode_unchecked(&m))).unwrap_err();
+        let err = EncodedManifest::parse(bytes::Bytes::from(m.encode().unwrap())).unwrap_err();
         assert!(
             err.to_string().contains("reaches past the image size"),
             "{err}"
         );
-    }
-
-    /// Encodes without checking, as a buggy or hostile writer could.
-    fn encode_unchecked(m: &Manifest) -> Vec<u8> {
-        m.encode().unwrap()
     }
 
     #[test]
@@ -895,7 +882,7 @@ pub(crate) mod tests {
                 log.push(e).unwrap();
             }
             prop_assert_eq!(log.len(), m.extents.len() as u64);
-            prop_assert_eq!(log.finish(meta(), offset).unwrap(), bytes);
+            prop_assert_eq!(log.finish(meta(), offset).unwrap(), (m.header.clone(), bytes));
         }
     }
 

@@ -9,6 +9,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use geosnap_catalog::{Retention, SnapshotState};
 use geosnap_engine::imagegen::{self, Profile};
+use geosnap_engine::manifest::ManifestView;
 use geosnap_replication::StoreKind;
 use geosnap_replication::layout;
 use geosnap_replication::simulator::FaultMode;

@@ -21,7 +21,7 @@ use chrono::Utc;
 use futures::StreamExt;
 use geosnap_engine::ChunkId;
 use geosnap_engine::codec::Encoder;
-use geosnap_engine::manifest::{EncodedManifest, Extent, ManifestView};
+use geosnap_engine::manifest::{EncodedManifest, ManifestView};
 use serde::Serialize;
 
 use crate::bucket::{Bucket, StoreKind};
@@ -157,10 +157,7 @@ async fn sweep(b: &Bucket, opts: &GcOptions, report: &mut GcReport) -> Result<()
                  told apart from garbage ({e}); run verify --repair first"
             )))
         })?;
-        referenced.extend(m.extents().filter_map(|e| match e {
-            Extent::Chunk { id, .. } => Some(id),
-            Extent::Zero { .. } => None,
-        }));
+        referenced.extend(m.chunk_ids());
         report.manifests += 1;
     }
     let index = StoreIndex::load(b).await?;
@@ -280,19 +277,14 @@ async fn sweep(b: &Bucket, opts: &GcOptions, report: &mut GcReport) -> Result<()
         pack::upload(b, &id, parts).await?;
     }
     report.packs_repacked = rewrite.len() as u64;
-    let mut live: Vec<(ChunkId, FrameRef)> = index
+    // One index object for everything live, written before anything is deleted; in pack
+    // order, so a reader's index keeps each frame's address once (`ChunkTable`).
+    let mut entries: Vec<index::Entry> = index
         .chunks
         .iter()
         .filter(|(id, _)| referenced.contains(*id))
-        .map(|(id, f)| (*id, f))
-        .collect();
-    // In pack order, so a reader's index keeps each frame's address once (`ChunkTable`).
-    live.sort_unstable_by_key(|(id, f)| (moved.get(id).copied().unwrap_or(*f), *id));
-    // One index object for everything live, written before anything is deleted.
-    let entries: Vec<index::Entry> = live
-        .iter()
         .map(|(chunk, f)| {
-            let f = moved.get(chunk).copied().unwrap_or(*f);
+            let f = moved.get(chunk).copied().unwrap_or(f);
             index::Entry {
                 chunk: *chunk,
                 pack: f.pack,
@@ -301,6 +293,7 @@ async fn sweep(b: &Bucket, opts: &GcOptions, report: &mut GcReport) -> Result<()
             }
         })
         .collect();
+    entries.sort_unstable_by_key(|e| (e.pack, e.offset, e.chunk));
     index::write(b, &entries).await?;
     // A snapshot that started meanwhile may count on what we would delete: stop.
     let markers = live_markers(b, opts.marker_ttl).await?;

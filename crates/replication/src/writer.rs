@@ -20,7 +20,7 @@ use crate::index::{self, Entry};
 use crate::pack::{self, PackBuilder};
 use geosnap_engine::codec::EncodedFrame;
 use geosnap_engine::image::Image;
-use geosnap_engine::manifest::{Manifest, ManifestHeader, SnapshotMeta};
+use geosnap_engine::manifest::{ManifestHeader, SnapshotMeta};
 use geosnap_engine::snapshot::{SnapshotOptions, SnapshotStats, snapshot_image};
 use geosnap_engine::store::ChunkSink;
 use geosnap_engine::{ChunkId, Progress};
@@ -230,8 +230,7 @@ pub async fn write_snapshot(
     let mut meta = req.meta.clone();
     meta.completed_at = now();
     // Encoded from the scan's extent log now that the scan's buffers are gone.
-    let encoded = scanned.extents.finish(meta, scanned.stats.image_size)?;
-    let header = Manifest::decode_header(&encoded)?;
+    let (header, encoded) = scanned.extents.finish(meta, scanned.stats.image_size)?;
     let encoded = Bytes::from(encoded);
     futures::future::join_all(targets.iter().filter(|t| t.active()).map(|t| {
         let encoded = encoded.clone();

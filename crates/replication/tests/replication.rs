@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use futures::TryStreamExt;
 use geosnap_engine::imagegen::{Profile, generate};
-use geosnap_engine::manifest::{Backing, Manifest, SnapshotMeta};
+use geosnap_engine::manifest::{Backing, Manifest, ManifestView, SnapshotMeta};
 use geosnap_engine::snapshot::SnapshotOptions;
 use geosnap_engine::{NoProgress, SnapshotId};
 use geosnap_replication::index::StoreIndex;
