@@ -371,11 +371,14 @@ pub fn run(opts: &BenchOptions, rt: &tokio::runtime::Handle) -> Result<BenchRepo
     if let Some(available) = mem_available() {
         let need = (allocated as f64 / zstd_ratio * REGIONS as f64 * 1.25) as u64;
         if !fits_in_memory(need, available) {
-            if generated {
+            let image = if generated {
                 let _ = std::fs::remove_file(&path);
-            }
+                "the generated image".to_string()
+            } else {
+                path.display().to_string()
+            };
             return Err(Error::BenchTooLarge {
-                image: path,
+                image,
                 data: human(allocated),
                 need: human(need),
                 available: human(available),

@@ -73,11 +73,11 @@ pub enum Error {
     #[error(
         "bench keeps three in-memory copies of what it stores: {image} holds {data} of data, \
          which would need about {need} of memory, and {available} is available; bench a \
-         smaller image or a generated one (--size)"
+         smaller image"
     )]
     BenchTooLarge {
-        /// Image.
-        image: PathBuf,
+        /// The image: its path, or "the generated image".
+        image: String,
         /// Its data (allocated, non-hole bytes), human-readable.
         data: String,
         /// What the pipelines may need, human-readable.
