@@ -149,6 +149,12 @@ fn the_journey_on_three_swift_backed_regions() {
         );
     }
 
+    // Every manifest goes through a temporary file and a multipart upload, as a large
+    // image's would (the in-memory path is a plain put, like a pack's).
+    let mut config = Config::load(&env.data).unwrap();
+    config.manifest_memory = Some("0".into());
+    config.save(&env.data).unwrap();
+
     let img = env.image("vm.img", 12 << 20, Profile::Mixed, 8);
     env.ok(&["instance", "create", "vm", "--image", img.to_str().unwrap()]);
     let first = env.json(&["snapshot", "take", "vm", "--name", "first"]);

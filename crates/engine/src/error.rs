@@ -104,10 +104,11 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
-    /// The temporary file a scan writes its manifest's extents to failed (a full disk, for
-    /// one).
-    #[error("cannot write the manifest's temporary file in {}: {source}", std::env::temp_dir().display())]
+    /// A temporary file that holds a manifest or its extents failed (a full disk, for one).
+    #[error("cannot {action} the manifest's temporary file in {}: {source}", std::env::temp_dir().display())]
     Spill {
+        /// "write" or "read".
+        action: &'static str,
         /// Cause.
         #[source]
         source: io::Error,

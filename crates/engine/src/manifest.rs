@@ -17,7 +17,12 @@
 //! to the image size, so overlaps and gaps cannot be written down at all.
 
 use std::fmt;
-use std::io::{BufWriter, Read, Seek, Write};
+use std::fs::File;
+use std::io::{BufRead, BufReader, BufWriter, Read, Seek, Write};
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+
+use bytes::Bytes;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -208,9 +213,10 @@ impl Manifest {
 
     /// Parses and checks a manifest; any damage is an error that says what is wrong.
     pub fn decode(bytes: &[u8]) -> Result<Manifest, Error> {
-        let (header, body, count) = Manifest::decode_prefix(bytes)?;
+        let src = Source::Slice(bytes);
+        let (header, body, count) = decode_prefix(src)?;
         let mut extents = Vec::with_capacity(count as usize);
-        walk(&bytes[..bytes.len() - 32], body, count, |e| {
+        walk(src, body, count, |e| {
             extents.push(e);
             Ok(())
         })?;
@@ -218,60 +224,65 @@ impl Manifest {
         m.check()?;
         Ok(m)
     }
-
-    /// The checked header, where the extents start, and how many there are.
-    fn decode_prefix(bytes: &[u8]) -> Result<(ManifestHeader, usize, u64), Error> {
-        let header = Manifest::decode_header(bytes)?;
-        let corrupt = |why: &str| Error::ManifestCorrupt(why.to_string());
-        let body_end = bytes.len() - 32;
-        let mut r = Reader {
-            buf: &bytes[..body_end],
-            pos: FIXED_PREFIX + header_len(bytes) as usize,
-        };
-        let count = r.u64().ok_or_else(|| corrupt("extent count is missing"))?;
-        // Each extent takes at least two bytes: refuse counts the bytes cannot hold.
-        if count > (r.buf.len() - r.pos) as u64 / 2 {
-            return Err(corrupt("extent count exceeds the manifest's length"));
-        }
-        Ok((header, r.pos, count))
-    }
-
-    /// Parses and checks only the header (the checksum still covers the whole manifest).
-    pub fn decode_header(bytes: &[u8]) -> Result<ManifestHeader, Error> {
-        let corrupt = |why: &str| Error::ManifestCorrupt(why.to_string());
-        if bytes.len() < 8 || bytes[..8] != MANIFEST_MAGIC {
-            return Err(corrupt("not a geosnap manifest (bad magic)"));
-        }
-        if bytes.len() < FIXED_PREFIX + 8 + 32 {
-            return Err(corrupt("manifest is truncated"));
-        }
-        let version = u16::from_le_bytes([bytes[8], bytes[9]]);
-        if version > MANIFEST_VERSION {
-            return Err(Error::ManifestVersion {
-                found: version,
-                supported: MANIFEST_VERSION,
-            });
-        }
-        if version == 0 || bytes[10..12] != [0, 0] {
-            return Err(corrupt("manifest prefix is damaged"));
-        }
-        let body_end = bytes.len() - 32;
-        if Sha256::digest(&bytes[..body_end])[..] != bytes[body_end..] {
-            return Err(corrupt(
-                "manifest is truncated or damaged (checksum mismatch)",
-            ));
-        }
-        let hlen = header_len(bytes) as usize;
-        if FIXED_PREFIX + hlen + 8 > body_end {
-            return Err(corrupt("header length exceeds the manifest"));
-        }
-        serde_json::from_slice(&bytes[FIXED_PREFIX..FIXED_PREFIX + hlen])
-            .map_err(|e| Error::ManifestCorrupt(format!("header is not valid: {e}")))
-    }
 }
 
-fn header_len(bytes: &[u8]) -> u32 {
-    u32::from_le_bytes([bytes[12], bytes[13], bytes[14], bytes[15]])
+/// The largest header a manifest may have (names are short; this only bounds what a
+/// damaged or hostile length field can make a reader allocate).
+const MAX_HEADER: u64 = 1 << 20;
+
+/// Parses and checks everything before the extents: the checked header, where the extents
+/// start, and how many there are. The checksum is checked over the whole manifest first.
+fn decode_prefix(src: Source<'_>) -> Result<(ManifestHeader, u64, u64), Error> {
+    let corrupt = |why: &str| Error::ManifestCorrupt(why.to_string());
+    let len = src.len();
+    let mut fixed = [0u8; FIXED_PREFIX];
+    if len >= 8 {
+        src.read_exact_at(&mut fixed[..8], 0)?;
+    }
+    if len < 8 || fixed[..8] != MANIFEST_MAGIC {
+        return Err(corrupt("not a geosnap manifest (bad magic)"));
+    }
+    if len < (FIXED_PREFIX + 8 + 32) as u64 {
+        return Err(corrupt("manifest is truncated"));
+    }
+    src.read_exact_at(&mut fixed, 0)?;
+    let version = u16::from_le_bytes([fixed[8], fixed[9]]);
+    if version > MANIFEST_VERSION {
+        return Err(Error::ManifestVersion {
+            found: version,
+            supported: MANIFEST_VERSION,
+        });
+    }
+    if version == 0 || fixed[10..12] != [0, 0] {
+        return Err(corrupt("manifest prefix is damaged"));
+    }
+    let body_end = len - 32;
+    let mut sum = [0u8; 32];
+    src.read_exact_at(&mut sum, body_end)?;
+    if src.digest(body_end)?[..] != sum {
+        return Err(corrupt(
+            "manifest is truncated or damaged (checksum mismatch)",
+        ));
+    }
+    let hlen = u64::from(u32::from_le_bytes([
+        fixed[12], fixed[13], fixed[14], fixed[15],
+    ]));
+    let start = FIXED_PREFIX as u64 + hlen;
+    if hlen > MAX_HEADER || start + 8 > body_end {
+        return Err(corrupt("header length exceeds the manifest"));
+    }
+    let mut json = vec![0u8; hlen as usize];
+    src.read_exact_at(&mut json, FIXED_PREFIX as u64)?;
+    let header: ManifestHeader = serde_json::from_slice(&json)
+        .map_err(|e| Error::ManifestCorrupt(format!("header is not valid: {e}")))?;
+    let mut count = [0u8; 8];
+    src.read_exact_at(&mut count, start)?;
+    let count = u64::from_le_bytes(count);
+    // Each extent takes at least two bytes: refuse counts the bytes cannot hold.
+    if count > (body_end - start - 8) / 2 {
+        return Err(corrupt("extent count exceeds the manifest's length"));
+    }
+    Ok((header, start + 8, count))
 }
 
 /// The bytes before the extents: magic, version, header, extent count; with room for
@@ -321,7 +332,10 @@ impl ExtentLog {
     /// An empty log in the system's temporary directory.
     pub fn new(chunker: ChunkerParams) -> Result<ExtentLog, Error> {
         let checker = Checker::new(&chunker, None)?;
-        let file = tempfile::tempfile().map_err(|source| Error::Spill { source })?;
+        let file = tempfile::tempfile().map_err(|source| Error::Spill {
+            action: "write",
+            source,
+        })?;
         Ok(ExtentLog {
             chunker,
             out: BufWriter::with_capacity(1 << 16, file),
@@ -338,7 +352,10 @@ impl ExtentLog {
         encode_extent(&mut self.scratch, e);
         self.out
             .write_all(&self.scratch)
-            .map_err(|source| Error::Spill { source })
+            .map_err(|source| Error::Spill {
+                action: "write",
+                source,
+            })
     }
 
     /// Extents appended so far.
@@ -352,12 +369,14 @@ impl ExtentLog {
     }
 
     /// The manifest of these extents, which must cover `image_size` bytes: its header and
-    /// its encoded bytes.
+    /// its encoded bytes, in memory if they take at most `memory` bytes and in an anonymous
+    /// temporary file otherwise.
     pub fn finish(
         self,
         meta: SnapshotMeta,
         image_size: u64,
-    ) -> Result<(ManifestHeader, Vec<u8>), Error> {
+        memory: u64,
+    ) -> Result<(ManifestHeader, ManifestBytes), Error> {
         let header = ManifestHeader {
             meta,
             image_size,
@@ -368,28 +387,52 @@ impl ExtentLog {
             chunk_count: self.checker.chunks,
         };
         self.checker.finish(&header)?;
-        let spill = |source| Error::Spill { source };
+        let spill = |source| Error::Spill {
+            action: "read",
+            source,
+        };
         let mut file = self.out.into_inner().map_err(|e| spill(e.into_error()))?;
         let body = file.stream_position().map_err(spill)?;
-        let body = usize::try_from(body)
-            .map_err(|_| Error::ManifestCorrupt("manifest too large for memory".into()))?;
         file.rewind().map_err(spill)?;
-        let mut out = encode_prefix(&header, self.checker.count, body)?;
-        let start = out.len();
-        file.take(body as u64)
-            .read_to_end(&mut out)
-            .map_err(spill)?;
-        if out.len() - start != body {
+        let prefix = encode_prefix(&header, self.checker.count, 0)?;
+        let total = prefix.len() as u64 + body + 32;
+        let mut sum = Sha256::new();
+        sum.update(&prefix);
+        let mut body_reader = BufReader::with_capacity(1 << 20, file.take(body));
+        let bytes = if total <= memory {
+            let mut out = prefix;
+            out.reserve_exact(body as usize + 32);
+            let start = out.len();
+            body_reader.read_to_end(&mut out).map_err(spill)?;
+            sum.update(&out[start..]);
+            out.extend_from_slice(&sum.finalize());
+            ManifestBytes::Memory(Bytes::from(out))
+        } else {
+            let mut spool = Spool::new()?;
+            spool.write(&prefix)?;
+            loop {
+                let buf = body_reader.fill_buf().map_err(spill)?;
+                if buf.is_empty() {
+                    break;
+                }
+                sum.update(buf);
+                spool.write(buf)?;
+                let n = buf.len();
+                body_reader.consume(n);
+            }
+            spool.write(&sum.finalize())?;
+            spool.finish()?
+        };
+        if bytes.len() != total {
             return Err(spill(std::io::ErrorKind::UnexpectedEof.into()));
         }
-        let sum = Sha256::digest(&out);
-        out.extend_from_slice(&sum);
-        Ok((header, out))
+        Ok((header, bytes))
     }
 
     /// The manifest of these extents, decoded and checked (tests and tools).
     pub fn into_manifest(self, meta: SnapshotMeta, image_size: u64) -> Result<Manifest, Error> {
-        Manifest::decode(&self.finish(meta, image_size)?.1)
+        let (_, bytes) = self.finish(meta, image_size, u64::MAX)?;
+        EncodedManifest::parse(bytes)?.decode()
     }
 
     /// The extents, read back into memory (tests and tools).
@@ -489,19 +532,19 @@ impl Checker {
     }
 }
 
-/// Decodes `count` extents from `body[start..]` (the bytes before the checksum), handing
-/// each to `f`; the extents must fill the rest of `body` exactly.
+/// Decodes `count` extents starting at byte `start` of the manifest in `src`, handing each
+/// to `f`; the extents must fill the bytes before the checksum exactly.
 fn walk(
-    body: &[u8],
-    start: usize,
+    src: Source<'_>,
+    start: u64,
     count: u64,
     mut f: impl FnMut(Extent) -> Result<(), Error>,
 ) -> Result<(), Error> {
-    let mut it = Extents::new(body, start, count);
+    let mut it = Extents::new(src.reader(start, src.len() - 32), count);
     while let Some(e) = it.try_next()? {
         f(e)?;
     }
-    if it.r.pos != body.len() {
+    if !it.r.fill_buf().map_err(read_err)?.is_empty() {
         return Err(Error::ManifestCorrupt(
             "trailing bytes after the extent list".into(),
         ));
@@ -509,26 +552,67 @@ fn walk(
     Ok(())
 }
 
-/// Extents decoded one by one from a manifest's bytes.
+fn read_err(source: std::io::Error) -> Error {
+    Error::Spill {
+        action: "read",
+        source,
+    }
+}
+
+/// Extents decoded one by one from a manifest's encoded bytes.
 #[derive(Debug)]
-struct Extents<'a> {
-    r: Reader<'a>,
+struct Extents<R> {
+    r: R,
     left: u64,
     offset: u64,
     index: u64,
+    failed: bool,
 }
 
-impl<'a> Extents<'a> {
-    /// `count` extents from `body[start..]`.
-    fn new(body: &'a [u8], start: usize, count: u64) -> Extents<'a> {
+impl<R: BufRead> Extents<R> {
+    /// `count` extents read from `r`.
+    fn new(r: R, count: u64) -> Extents<R> {
         Extents {
-            r: Reader {
-                buf: body,
-                pos: start,
-            },
+            r,
             left: count,
             offset: 0,
             index: 0,
+            failed: false,
+        }
+    }
+
+    fn byte(&mut self) -> Result<Option<u8>, Error> {
+        let Some(&b) = self.r.fill_buf().map_err(read_err)?.first() else {
+            return Ok(None);
+        };
+        self.r.consume(1);
+        Ok(Some(b))
+    }
+
+    fn varint(&mut self) -> Result<Option<u64>, Error> {
+        let mut v = 0u64;
+        for shift in (0..64).step_by(7) {
+            let Some(b) = self.byte()? else {
+                return Ok(None);
+            };
+            let part = u64::from(b & 0x7f);
+            if shift == 63 && part > 1 {
+                return Ok(None);
+            }
+            v |= part << shift;
+            if b & 0x80 == 0 {
+                return Ok(Some(v));
+            }
+        }
+        Ok(None)
+    }
+
+    fn id(&mut self) -> Result<Option<ChunkId>, Error> {
+        let mut id = [0u8; 32];
+        match self.r.read_exact(&mut id) {
+            Ok(()) => Ok(Some(ChunkId(id))),
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(None),
+            Err(e) => Err(read_err(e)),
         }
     }
 
@@ -539,19 +623,16 @@ impl<'a> Extents<'a> {
         let i = self.index;
         let corrupt = |why: &str| Error::ManifestCorrupt(why.to_string());
         let tag = self
-            .r
-            .u8()
+            .byte()?
             .ok_or_else(|| corrupt("extent list is cut short"))?;
         let len = self
-            .r
-            .varint()
+            .varint()?
             .ok_or_else(|| corrupt("extent length is malformed"))?;
         let offset = self.offset;
         let e = match tag {
             TAG_CHUNK => {
                 let id = self
-                    .r
-                    .id()
+                    .id()?
                     .ok_or_else(|| corrupt("extent list is cut short"))?;
                 let len = u32::try_from(len)
                     .map_err(|_| Error::ManifestCorrupt(format!("chunk extent {i} is too long")))?;
@@ -571,33 +652,262 @@ impl<'a> Extents<'a> {
     }
 }
 
-impl Iterator for Extents<'_> {
-    type Item = Extent;
+impl<R: BufRead> Iterator for Extents<R> {
+    type Item = Result<Extent, Error>;
 
-    /// The next extent; an [`EncodedManifest`] was checked whole when parsed, so this only
-    /// ends early if that check was wrong.
-    fn next(&mut self) -> Option<Extent> {
-        self.try_next().ok().flatten()
+    /// The next extent, or the error that ends the walk (after which it yields nothing).
+    fn next(&mut self) -> Option<Result<Extent, Error>> {
+        if self.failed {
+            return None;
+        }
+        let next = self.try_next();
+        self.failed = next.is_err();
+        next.transpose()
     }
 }
 
-/// A manifest kept as its checked, encoded bytes: 36 bytes per 16 KiB chunk, where the
-/// decoded [`Manifest`] adds 48 more per extent. Its extents are decoded as they are read,
-/// so a restore of a large image never holds them all.
+/// A manifest's encoded bytes: in memory, or — a large one, which would hold 36 bytes per
+/// 16 KiB chunk (2.4 GB for a dense 1 TiB image) — in an anonymous temporary file.
+#[derive(Clone, Debug)]
+pub enum ManifestBytes {
+    /// Held in memory.
+    Memory(Bytes),
+    /// Held in an anonymous temporary file, gone when the last clone is dropped.
+    File(Arc<SpoolFile>),
+}
+
+/// An anonymous temporary file that holds a manifest's bytes.
+#[derive(Debug)]
+pub struct SpoolFile {
+    file: File,
+    len: u64,
+}
+
+impl ManifestBytes {
+    /// Length in bytes.
+    pub fn len(&self) -> u64 {
+        match self {
+            ManifestBytes::Memory(b) => b.len() as u64,
+            ManifestBytes::File(f) => f.len,
+        }
+    }
+
+    /// Whether there are no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The bytes, if they are held in memory.
+    pub fn as_memory(&self) -> Option<&Bytes> {
+        match self {
+            ManifestBytes::Memory(b) => Some(b),
+            ManifestBytes::File(_) => None,
+        }
+    }
+
+    /// Reads `buf.len()` bytes from `offset`.
+    pub fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> Result<(), Error> {
+        self.source().read_exact_at(buf, offset)
+    }
+
+    fn source(&self) -> Source<'_> {
+        match self {
+            ManifestBytes::Memory(b) => Source::Slice(b),
+            ManifestBytes::File(f) => Source::File(f),
+        }
+    }
+}
+
+/// Writes a manifest's bytes into an anonymous temporary file, as they arrive.
+#[derive(Debug)]
+pub struct Spool {
+    out: BufWriter<File>,
+    len: u64,
+}
+
+impl Spool {
+    /// An empty spool in the system's temporary directory.
+    pub fn new() -> Result<Spool, Error> {
+        let file = tempfile::tempfile().map_err(|source| Error::Spill {
+            action: "write",
+            source,
+        })?;
+        Ok(Spool {
+            out: BufWriter::with_capacity(1 << 20, file),
+            len: 0,
+        })
+    }
+
+    /// Appends bytes.
+    pub fn write(&mut self, bytes: &[u8]) -> Result<(), Error> {
+        self.out.write_all(bytes).map_err(|source| Error::Spill {
+            action: "write",
+            source,
+        })?;
+        self.len += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// The bytes written.
+    pub fn finish(self) -> Result<ManifestBytes, Error> {
+        let file = self.out.into_inner().map_err(|e| Error::Spill {
+            action: "write",
+            source: e.into_error(),
+        })?;
+        Ok(ManifestBytes::File(Arc::new(SpoolFile {
+            file,
+            len: self.len,
+        })))
+    }
+}
+
+/// Where a manifest's bytes are read from.
+#[derive(Clone, Copy, Debug)]
+enum Source<'a> {
+    Slice(&'a [u8]),
+    File(&'a SpoolFile),
+}
+
+impl<'a> Source<'a> {
+    fn len(&self) -> u64 {
+        match self {
+            Source::Slice(b) => b.len() as u64,
+            Source::File(f) => f.len,
+        }
+    }
+
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> Result<(), Error> {
+        let end = offset.checked_add(buf.len() as u64);
+        if end.is_none_or(|end| end > self.len()) {
+            return Err(read_err(std::io::ErrorKind::UnexpectedEof.into()));
+        }
+        match self {
+            Source::Slice(b) => {
+                let start = offset as usize;
+                buf.copy_from_slice(&b[start..start + buf.len()]);
+                Ok(())
+            }
+            Source::File(f) => f.file.read_exact_at(buf, offset).map_err(read_err),
+        }
+    }
+
+    /// The bytes from `start` (at most the length) to `end`, in order.
+    fn reader(&self, start: u64, end: u64) -> ByteReader<'a> {
+        match *self {
+            Source::Slice(b) => ByteReader::Slice(&b[start as usize..end as usize]),
+            Source::File(f) => ByteReader::File(BufReader::with_capacity(
+                1 << 18,
+                FileRange {
+                    file: &f.file,
+                    pos: start,
+                    end,
+                },
+            )),
+        }
+    }
+
+    /// SHA-256 of the first `end` bytes.
+    fn digest(&self, end: u64) -> Result<[u8; 32], Error> {
+        let mut sum = Sha256::new();
+        match self {
+            Source::Slice(b) => sum.update(&b[..end as usize]),
+            Source::File(_) => {
+                let mut r = self.reader(0, end);
+                loop {
+                    let buf = r.fill_buf().map_err(read_err)?;
+                    if buf.is_empty() {
+                        break;
+                    }
+                    sum.update(buf);
+                    let n = buf.len();
+                    r.consume(n);
+                }
+            }
+        }
+        Ok(sum.finalize().into())
+    }
+}
+
+/// A range of a file, read with positioned reads (so readers of one file never share a
+/// cursor); it ends early if the file is shorter.
+#[derive(Debug)]
+struct FileRange<'a> {
+    file: &'a File,
+    pos: u64,
+    end: u64,
+}
+
+impl Read for FileRange<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let want = buf.len().min((self.end - self.pos) as usize);
+        if want == 0 {
+            return Ok(0);
+        }
+        let n = self.file.read_at(&mut buf[..want], self.pos)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+/// A manifest's bytes from memory or from its temporary file.
+#[derive(Debug)]
+enum ByteReader<'a> {
+    Slice(&'a [u8]),
+    File(BufReader<FileRange<'a>>),
+}
+
+impl Read for ByteReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            ByteReader::Slice(b) => b.read(buf),
+            ByteReader::File(f) => f.read(buf),
+        }
+    }
+
+    fn read_exact(&mut self, buf: &mut [u8]) -> std::io::Result<()> {
+        match self {
+            ByteReader::Slice(b) => b.read_exact(buf),
+            ByteReader::File(f) => f.read_exact(buf),
+        }
+    }
+}
+
+impl BufRead for ByteReader<'_> {
+    fn fill_buf(&mut self) -> std::io::Result<&[u8]> {
+        match self {
+            ByteReader::Slice(b) => b.fill_buf(),
+            ByteReader::File(f) => f.fill_buf(),
+        }
+    }
+
+    fn consume(&mut self, n: usize) {
+        match self {
+            ByteReader::Slice(b) => b.consume(n),
+            ByteReader::File(f) => f.consume(n),
+        }
+    }
+}
+
+/// A manifest kept as its checked, encoded bytes — 36 bytes per 16 KiB chunk, where the
+/// decoded [`Manifest`] adds 48 more per extent — in memory or in a temporary file. Its
+/// extents are decoded as they are read, so a restore of a large image never holds them
+/// all.
 #[derive(Clone, Debug)]
 pub struct EncodedManifest {
     header: ManifestHeader,
-    bytes: bytes::Bytes,
-    body: usize,
+    bytes: ManifestBytes,
+    body: u64,
     count: u64,
 }
 
 impl EncodedManifest {
     /// Parses and checks a manifest exactly as [`Manifest::decode`] does, keeping its bytes.
-    pub fn parse(bytes: bytes::Bytes) -> Result<EncodedManifest, Error> {
-        let (header, body, count) = Manifest::decode_prefix(&bytes)?;
+    pub fn parse(bytes: impl Into<ManifestBytes>) -> Result<EncodedManifest, Error> {
+        let bytes = bytes.into();
+        let src = bytes.source();
+        let (header, body, count) = decode_prefix(src)?;
         let mut c = Checker::new(&header.chunker, Some(header.image_size))?;
-        walk(&bytes[..bytes.len() - 32], body, count, |e| c.push(&e))?;
+        walk(src, body, count, |e| c.push(&e))?;
         c.finish(&header)?;
         Ok(EncodedManifest {
             header,
@@ -608,8 +918,28 @@ impl EncodedManifest {
     }
 
     /// The encoded manifest.
-    pub fn bytes(&self) -> &bytes::Bytes {
+    pub fn bytes(&self) -> &ManifestBytes {
         &self.bytes
+    }
+
+    /// The manifest decoded into memory (tests and tools; a restore walks the extents).
+    pub fn decode(&self) -> Result<Manifest, Error> {
+        Ok(Manifest {
+            header: self.header.clone(),
+            extents: self.extents().collect::<Result<_, _>>()?,
+        })
+    }
+}
+
+impl From<Bytes> for ManifestBytes {
+    fn from(b: Bytes) -> ManifestBytes {
+        ManifestBytes::Memory(b)
+    }
+}
+
+impl From<Vec<u8>> for ManifestBytes {
+    fn from(b: Vec<u8>) -> ManifestBytes {
+        ManifestBytes::Memory(Bytes::from(b))
     }
 }
 
@@ -618,17 +948,19 @@ impl EncodedManifest {
 pub trait ManifestView {
     /// The header.
     fn header(&self) -> &ManifestHeader;
-    /// The extents in image order.
-    fn extents(&self) -> impl Iterator<Item = Extent> + '_;
+    /// The extents in image order; reading them from a temporary file can fail, and the
+    /// error ends the walk.
+    fn extents(&self) -> impl Iterator<Item = Result<Extent, Error>> + '_;
     /// Checks the invariants a restore relies on.
     fn check(&self) -> Result<(), Error>;
 
     /// Every distinct chunk id the manifest names.
-    fn chunk_ids(&self) -> std::collections::BTreeSet<ChunkId> {
+    fn chunk_ids(&self) -> Result<std::collections::BTreeSet<ChunkId>, Error> {
         self.extents()
             .filter_map(|e| match e {
-                Extent::Chunk { id, .. } => Some(id),
-                Extent::Zero { .. } => None,
+                Ok(Extent::Chunk { id, .. }) => Some(Ok(id)),
+                Ok(Extent::Zero { .. }) => None,
+                Err(e) => Some(Err(e)),
             })
             .collect()
     }
@@ -639,8 +971,8 @@ impl ManifestView for Manifest {
         &self.header
     }
 
-    fn extents(&self) -> impl Iterator<Item = Extent> + '_ {
-        self.extents.iter().copied()
+    fn extents(&self) -> impl Iterator<Item = Result<Extent, Error>> + '_ {
+        self.extents.iter().copied().map(Ok)
     }
 
     fn check(&self) -> Result<(), Error> {
@@ -653,11 +985,13 @@ impl ManifestView for EncodedManifest {
         &self.header
     }
 
-    fn extents(&self) -> impl Iterator<Item = Extent> + '_ {
-        Extents::new(&self.bytes[..self.bytes.len() - 32], self.body, self.count)
+    fn extents(&self) -> impl Iterator<Item = Result<Extent, Error>> + '_ {
+        let src = self.bytes.source();
+        Extents::new(src.reader(self.body, src.len() - 32), self.count)
     }
 
-    /// Checked when parsed; its bytes cannot change since.
+    /// Checked when parsed; its bytes cannot change since (a temporary file is unlinked
+    /// and private to this process).
     fn check(&self) -> Result<(), Error> {
         Ok(())
     }
@@ -669,48 +1003,6 @@ fn put_varint(out: &mut Vec<u8>, mut v: u64) {
         v >>= 7;
     }
     out.push(v as u8);
-}
-
-#[derive(Debug)]
-struct Reader<'a> {
-    buf: &'a [u8],
-    pos: usize,
-}
-
-impl Reader<'_> {
-    fn u8(&mut self) -> Option<u8> {
-        let b = *self.buf.get(self.pos)?;
-        self.pos += 1;
-        Some(b)
-    }
-
-    fn u64(&mut self) -> Option<u64> {
-        let b = self.buf.get(self.pos..self.pos + 8)?;
-        self.pos += 8;
-        Some(u64::from_le_bytes(b.try_into().ok()?))
-    }
-
-    fn id(&mut self) -> Option<ChunkId> {
-        let b = self.buf.get(self.pos..self.pos + 32)?;
-        self.pos += 32;
-        Some(ChunkId(b.try_into().ok()?))
-    }
-
-    fn varint(&mut self) -> Option<u64> {
-        let mut v = 0u64;
-        for shift in (0..64).step_by(7) {
-            let b = self.u8()?;
-            let part = u64::from(b & 0x7f);
-            if shift == 63 && part > 1 {
-                return None;
-            }
-            v |= part << shift;
-            if b & 0x80 == 0 {
-                return Some(v);
-            }
-        }
-        None
-    }
 }
 
 mod snapshot_id_hex {
@@ -746,6 +1038,20 @@ pub(crate) mod tests {
         }
     }
 
+    /// Every byte, read back.
+    fn all(b: &ManifestBytes) -> Vec<u8> {
+        let mut v = vec![0; b.len() as usize];
+        b.read_exact_at(&mut v, 0).unwrap();
+        v
+    }
+
+    /// The bytes in an anonymous temporary file.
+    fn spooled(b: &[u8]) -> ManifestBytes {
+        let mut s = Spool::new().unwrap();
+        s.write(b).unwrap();
+        s.finish().unwrap()
+    }
+
     fn sample() -> Manifest {
         let id = ChunkId::of(b"x");
         let extents = vec![
@@ -778,23 +1084,33 @@ pub(crate) mod tests {
         let m = sample();
         let bytes = m.encode().unwrap();
         assert_eq!(Manifest::decode(&bytes).unwrap(), m);
-        assert_eq!(m.chunk_ids().len(), 1);
+        assert_eq!(m.chunk_ids().unwrap().len(), 1);
     }
 
     #[test]
     fn every_truncation_and_every_bit_flip_is_rejected() {
         let bytes = sample().encode().unwrap();
         let parse = |b: &[u8]| EncodedManifest::parse(bytes::Bytes::copy_from_slice(b));
+        let parse_file = |b: &[u8]| EncodedManifest::parse(spooled(b));
         for cut in 0..bytes.len() {
-            assert!(Manifest::decode(&bytes[..cut]).is_err(), "cut at {cut}");
-            assert!(parse(&bytes[..cut]).is_err(), "cut at {cut}");
+            let err = Manifest::decode(&bytes[..cut]).unwrap_err().to_string();
+            assert_eq!(parse(&bytes[..cut]).unwrap_err().to_string(), err);
+            assert_eq!(parse_file(&bytes[..cut]).unwrap_err().to_string(), err);
         }
         for i in 0..bytes.len() {
             let mut bad = bytes.clone();
             bad[i] ^= 0x40;
-            assert!(Manifest::decode(&bad).is_err(), "flip at {i}");
-            assert!(parse(&bad).is_err(), "flip at {i}");
+            let err = Manifest::decode(&bad).unwrap_err().to_string();
+            assert_eq!(parse(&bad).unwrap_err().to_string(), err, "flip at {i}");
+            assert_eq!(parse_file(&bad).unwrap_err().to_string(), err);
         }
+        assert_eq!(
+            EncodedManifest::parse(spooled(&bytes))
+                .unwrap()
+                .decode()
+                .unwrap(),
+            sample()
+        );
     }
 
     #[test]
@@ -874,15 +1190,23 @@ pub(crate) mod tests {
             // Kept encoded, it yields the same header and extents.
             let kept = EncodedManifest::parse(bytes::Bytes::from(bytes.clone())).unwrap();
             prop_assert_eq!(ManifestView::header(&kept), &m.header);
-            prop_assert_eq!(ManifestView::extents(&kept).collect::<Vec<_>>(), m.extents.clone());
-            prop_assert_eq!(kept.chunk_ids(), m.chunk_ids());
-            // A scan's extent log encodes the very same bytes.
-            let mut log = ExtentLog::new(p).unwrap();
-            for e in &m.extents {
-                log.push(e).unwrap();
+            prop_assert_eq!(&kept.decode().unwrap(), &m);
+            prop_assert_eq!(kept.chunk_ids().unwrap(), m.chunk_ids().unwrap());
+            // A scan's extent log encodes the very same bytes, in memory or in a file; kept
+            // in a file, they read back the same.
+            for memory in [u64::MAX, 0] {
+                let mut log = ExtentLog::new(p).unwrap();
+                for e in &m.extents {
+                    log.push(e).unwrap();
+                }
+                prop_assert_eq!(log.len(), m.extents.len() as u64);
+                let (header, got) = log.finish(meta(), offset, memory).unwrap();
+                prop_assert_eq!(&header, &m.header);
+                prop_assert_eq!(got.as_memory().is_some(), memory > 0);
+                prop_assert_eq!(&all(&got), &bytes);
+                let kept = EncodedManifest::parse(got).unwrap();
+                prop_assert_eq!(kept.decode().unwrap(), m.clone());
             }
-            prop_assert_eq!(log.len(), m.extents.len() as u64);
-            prop_assert_eq!(log.finish(meta(), offset).unwrap(), (m.header.clone(), bytes));
         }
     }
 
@@ -910,11 +1234,11 @@ pub(crate) mod tests {
         assert!(log.is_empty());
         log.push(&Extent::Zero { offset: 0, len: 10 }).unwrap();
         // Short of the image size, and past it.
-        let err = ExtentLog::new(p).unwrap().finish(meta(), 1).unwrap_err();
+        let err = ExtentLog::new(p).unwrap().finish(meta(), 1, 0).unwrap_err();
         assert!(
             err.to_string().contains("cover 0 bytes of a 1-byte image"),
             "{err}"
         );
-        assert!(log.finish(meta(), 9).is_err());
+        assert!(log.finish(meta(), 9, u64::MAX).is_err());
     }
 }

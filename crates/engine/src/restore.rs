@@ -160,7 +160,7 @@ pub fn restore_image(
     loop {
         places.clear();
         for e in extents.by_ref() {
-            match e {
+            match e? {
                 Extent::Chunk { offset, len, id } => {
                     data_bytes += u64::from(len);
                     places.push((id, offset, len));

@@ -57,6 +57,10 @@ pub struct Config {
     /// Bytes that may wait for one region before it holds the others back (e.g. "64M").
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub region_buffer: Option<String>,
+    /// The largest manifest held in memory (e.g. "16M"); larger ones go through a
+    /// temporary file and are uploaded in parts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manifest_memory: Option<String>,
     /// The regions, home region of new instances first.
     #[serde(rename = "region")]
     pub regions: Vec<RegionSpec>,
@@ -81,6 +85,7 @@ impl Config {
             pack_size: None,
             upload_concurrency: None,
             region_buffer: None,
+            manifest_memory: None,
             regions: DEFAULT_REGIONS
                 .iter()
                 .map(|(name, country)| RegionSpec {
@@ -172,6 +177,11 @@ impl Config {
         }
         if let Some(v) = &self.region_buffer {
             t.buffer_bytes = size("region_buffer", v)?;
+        }
+        if let Some(v) = &self.manifest_memory {
+            t.manifest_memory = geosnap_engine::chunker::parse_size(v)
+                .filter(|n| *n <= 1 << 30)
+                .ok_or_else(|| format!("manifest_memory {v:?} is not a size from 0 to 1G"))?;
         }
         if let Some(n) = self.upload_concurrency {
             if !(1..=256).contains(&n) {

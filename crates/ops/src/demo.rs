@@ -9,7 +9,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use geosnap_catalog::{Retention, SnapshotState};
 use geosnap_engine::imagegen::{self, Profile};
-use geosnap_engine::manifest::ManifestView;
+use geosnap_engine::manifest::{EncodedManifest, Extent, ManifestView};
 use geosnap_replication::StoreKind;
 use geosnap_replication::layout;
 use geosnap_replication::simulator::FaultMode;
@@ -652,17 +652,18 @@ fn distinct_bytes(g: &Geosnap, snapshot: &str) -> Result<u64> {
         .map_err(|e: geosnap_engine::ParseIdError| Error::JobFailed(e.to_string()))?;
     let it = g.regions.get("it-1")?.bucket(StoreKind::Main).clone();
     let manifest = g.block_on(async {
-        let bytes = it.get_manifest(&id).await?;
-        geosnap_engine::manifest::Manifest::decode(&bytes)
-            .map_err(geosnap_replication::Error::Engine)
+        let bytes = it
+            .get_manifest(&id, g.regions.tuning.manifest_memory)
+            .await?;
+        EncodedManifest::parse(bytes).map_err(geosnap_replication::Error::Engine)
     })?;
     let mut seen = geosnap_engine::IdSet::default();
     let mut total = 0u64;
-    for e in &manifest.extents {
-        if let geosnap_engine::manifest::Extent::Chunk { id, len, .. } = e
-            && seen.insert(*id)
+    for e in manifest.extents() {
+        if let Extent::Chunk { id, len, .. } = e?
+            && seen.insert(id)
         {
-            total += u64::from(*len);
+            total += u64::from(len);
         }
     }
     Ok(total)
@@ -675,10 +676,13 @@ fn corrupt_one_chunk(g: &Geosnap, snapshot: &str) -> Result<String> {
         .map_err(|e: geosnap_engine::ParseIdError| Error::JobFailed(e.to_string()))?;
     let nl = g.regions.get("nl-1")?.bucket(StoreKind::Main).clone();
     g.block_on(async {
-        let manifest = geosnap_engine::manifest::Manifest::decode(&nl.get_manifest(&id).await?)
-            .map_err(geosnap_replication::Error::Engine)?;
+        let bytes = nl
+            .get_manifest(&id, g.regions.tuning.manifest_memory)
+            .await?;
+        let manifest = EncodedManifest::parse(bytes).map_err(geosnap_replication::Error::Engine)?;
         let chunk = manifest
             .chunk_ids()
+            .map_err(geosnap_replication::Error::Engine)?
             .into_iter()
             .next()
             .ok_or_else(|| Error::JobFailed("snapshot has no chunks".into()))?;

@@ -236,7 +236,9 @@ impl Geosnap {
             if holders.is_empty() {
                 return None;
             }
-            let m = fetch_manifest(&holders, &id).await.ok()?;
+            let m = fetch_manifest(&holders, &id, self.regions.tuning.manifest_memory)
+                .await
+                .ok()?;
             Some((m.0.header().clone(), holders))
         });
         let (header, replicas, stored) = match adopted {

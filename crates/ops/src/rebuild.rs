@@ -2,7 +2,7 @@
 //! carry everything the catalog lists, so no other source is needed.
 
 use geosnap_catalog::{ReplicaState, SnapshotState, SnapshotStatsRow};
-use geosnap_engine::manifest::Manifest;
+use geosnap_engine::manifest::{EncodedManifest, ManifestView};
 use geosnap_replication::{StoreKind, layout};
 use serde::Serialize;
 
@@ -37,11 +37,11 @@ impl Geosnap {
                     continue;
                 }
                 let decoded = self
-                    .block_on(store.get_manifest(&id))
+                    .block_on(store.get_manifest(&id, self.regions.tuning.manifest_memory))
                     .map_err(crate::Error::from)
-                    .and_then(|b| Ok(Manifest::decode(&b)?));
+                    .and_then(|b| Ok(EncodedManifest::parse(b)?));
                 let m = match decoded {
-                    Ok(m) if m.header.meta.id == id => m,
+                    Ok(m) if m.header().meta.id == id => m,
                     Ok(_) => {
                         report
                             .skipped
@@ -53,7 +53,7 @@ impl Geosnap {
                         continue;
                     }
                 };
-                let h = &m.header;
+                let h = m.header();
                 // Which configured stores hold it decides available or degraded.
                 let (targets, _) = match self.regions.targets(h.meta.backing, &h.meta.home_region) {
                     Ok(t) => t,

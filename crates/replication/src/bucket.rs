@@ -6,9 +6,10 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::TryStreamExt;
+use geosnap_engine::manifest::{ManifestBytes, Spool};
 use geosnap_engine::{ChunkId, SnapshotId};
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
 
 use crate::layout;
 use crate::retry::{RetryPolicy, is_transient, retry};
@@ -224,9 +225,31 @@ impl Bucket {
         }
     }
 
-    /// A manifest's bytes, or `SnapshotNotInRegion`.
-    pub async fn get_manifest(&self, id: &SnapshotId) -> Result<Bytes> {
-        match self.get(&layout::manifest(id)).await {
+    /// A manifest's bytes, or `SnapshotNotInRegion`: in memory if it is at most `memory`
+    /// bytes long, otherwise streamed into an anonymous temporary file.
+    pub async fn get_manifest(&self, id: &SnapshotId, memory: u64) -> Result<ManifestBytes> {
+        let key = layout::manifest(id);
+        // The outer result is the store's (retried); the inner one the temporary file's.
+        let got = retry(self.retry, || async {
+            let r = self.store.get(&key).await?;
+            if r.meta.size <= memory {
+                return Ok(Ok(ManifestBytes::Memory(r.bytes().await?)));
+            }
+            let mut spool = match Spool::new() {
+                Ok(s) => s,
+                Err(e) => return Ok(Err(e)),
+            };
+            let mut body = r.into_stream();
+            while let Some(part) = body.try_next().await? {
+                if let Err(e) = spool.write(&part) {
+                    return Ok(Err(e));
+                }
+            }
+            Ok(spool.finish())
+        })
+        .await;
+        match got.map_err(|e| self.err(e)) {
+            Ok(spooled) => Ok(spooled?),
             Err(Error::Store {
                 source: object_store::Error::NotFound { .. },
                 ..
@@ -234,10 +257,46 @@ impl Bucket {
                 id: *id,
                 region: self.to_string(),
             }),
-            other => other,
+            Err(e) => Err(e),
         }
     }
+
+    /// Writes a manifest: in one put from memory, or from its temporary file as a
+    /// multipart upload of [`MANIFEST_PART`]-byte parts, two in flight, so that a manifest
+    /// of any size passes through a bounded amount of memory.
+    pub async fn put_manifest(&self, id: &SnapshotId, bytes: &ManifestBytes) -> Result<()> {
+        let key = layout::manifest(id);
+        if let Some(b) = bytes.as_memory() {
+            return self.put(&key, b.clone()).await;
+        }
+        let got = retry(self.retry, || async {
+            let upload = self.store.put_multipart(&key).await?;
+            let mut w = WriteMultipart::new_with_chunk_size(upload, MANIFEST_PART);
+            let mut buf = vec![0u8; MANIFEST_PART];
+            let mut offset = 0;
+            while offset < bytes.len() {
+                let n = (bytes.len() - offset).min(MANIFEST_PART as u64) as usize;
+                if let Err(e) = bytes.read_exact_at(&mut buf[..n], offset) {
+                    let _ = w.abort().await;
+                    return Ok(Err(e));
+                }
+                if let Err(e) = w.wait_for_capacity(2).await {
+                    let _ = w.abort().await;
+                    return Err(e);
+                }
+                w.write(&buf[..n]);
+                offset += n as u64;
+            }
+            w.finish().await.map(|_| Ok(()))
+        })
+        .await
+        .map_err(|e| self.err(e))?;
+        Ok(got?)
+    }
 }
+
+/// Size of one part of a manifest's multipart upload (S3 wants at least 5 MiB but the last).
+pub const MANIFEST_PART: usize = 8 << 20;
 
 /// The kind of transport failure (connect, timeout, ...) behind an S3 client error, if any.
 fn transport_failure(e: &object_store::Error) -> Option<object_store::client::HttpErrorKind> {
@@ -247,5 +306,68 @@ fn transport_failure(e: &object_store::Error) -> Option<object_store::client::Ht
             return Some(h.kind());
         }
         cur = cur.source()?;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::direct::DirectFs;
+
+    fn bucket(store: Arc<dyn ObjectStore>) -> Bucket {
+        Bucket {
+            region: "it-1".into(),
+            kind: StoreKind::Main,
+            store,
+            remote: None,
+            retry: RetryPolicy::default(),
+        }
+    }
+
+    fn all(b: &ManifestBytes) -> Vec<u8> {
+        let mut v = vec![0; b.len() as usize];
+        b.read_exact_at(&mut v, 0).unwrap();
+        v
+    }
+
+    /// A manifest kept in a file goes up in parts and comes back whole, into memory or into
+    /// a file, from a directory store and from an in-memory one.
+    #[tokio::test]
+    async fn spooled_manifests_go_up_in_parts_and_come_back_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let stores: [Arc<dyn ObjectStore>; 2] = [
+            Arc::new(DirectFs::new(dir.path()).unwrap()),
+            Arc::new(object_store::memory::InMemory::new()),
+        ];
+        // Two whole parts and a short one.
+        let data: Vec<u8> = (0..2 * MANIFEST_PART as u64 + 12_345)
+            .map(|i| (i.wrapping_mul(0x9E37_79B9) >> 13) as u8)
+            .collect();
+        let mut spool = Spool::new().unwrap();
+        for piece in data.chunks(1 << 20) {
+            spool.write(piece).unwrap();
+        }
+        let spooled = spool.finish().unwrap();
+        assert!(spooled.as_memory().is_none());
+        let id = SnapshotId([3; 16]);
+        for store in stores {
+            let b = bucket(store);
+            let missing = b.get_manifest(&id, 0).await.unwrap_err();
+            assert!(
+                matches!(missing, Error::SnapshotNotInRegion { .. }),
+                "{missing}"
+            );
+            b.put_manifest(&id, &spooled).await.unwrap();
+            let to_file = b.get_manifest(&id, data.len() as u64 - 1).await.unwrap();
+            assert!(to_file.as_memory().is_none());
+            assert!(all(&to_file) == data);
+            let to_memory = b.get_manifest(&id, data.len() as u64).await.unwrap();
+            assert!(to_memory.as_memory().is_some_and(|m| m[..] == data[..]));
+            // No staging file is left beside the manifest.
+            let listed = b.list(&layout::snapshots_prefix()).await.unwrap();
+            assert_eq!(listed.len(), 1, "{listed:?}");
+        }
+        let on_disk = std::fs::read(dir.path().join(layout::manifest(&id).as_ref())).unwrap();
+        assert!(on_disk == data);
     }
 }

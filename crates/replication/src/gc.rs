@@ -46,6 +46,9 @@ pub struct GcOptions {
     pub marker_ttl: Duration,
     /// Report what would be deleted, delete nothing.
     pub dry_run: bool,
+    /// The largest manifest read into memory (`Tuning::manifest_memory`); [`gc_all`] uses
+    /// the regions' setting.
+    pub manifest_memory: u64,
 }
 
 impl Default for GcOptions {
@@ -54,6 +57,7 @@ impl Default for GcOptions {
             grace: Duration::ZERO,
             marker_ttl: Duration::from_secs(24 * 3600),
             dry_run: false,
+            manifest_memory: crate::Tuning::default().manifest_memory,
         }
     }
 }
@@ -150,14 +154,14 @@ async fn sweep(b: &Bucket, opts: &GcOptions, report: &mut GcReport) -> Result<()
     // Mark.
     let mut referenced = HashSet::new();
     for id in b.snapshot_ids().await? {
-        let bytes = b.get_manifest(&id).await?;
+        let bytes = b.get_manifest(&id, opts.manifest_memory).await?;
         let m = EncodedManifest::parse(bytes).map_err(|e| {
             Error::Engine(geosnap_engine::Error::ManifestCorrupt(format!(
                 "gc stopped in {b}: manifest of {id} does not decode, so its chunks cannot be \
                  told apart from garbage ({e}); run verify --repair first"
             )))
         })?;
-        referenced.extend(m.chunk_ids());
+        referenced.extend(m.chunk_ids()?);
         report.manifests += 1;
     }
     let index = StoreIndex::load(b).await?;
@@ -339,10 +343,14 @@ fn reencode(frame: &[u8], live: &[ChunkId]) -> Result<geosnap_engine::codec::Enc
 /// Collects every store of every region, main and volume; a store that fails is reported
 /// and the others go on.
 pub async fn gc_all(regions: &Regions, opts: &GcOptions) -> Vec<Result<GcReport>> {
+    let opts = GcOptions {
+        manifest_memory: regions.tuning.manifest_memory,
+        ..*opts
+    };
     let mut out = Vec::new();
     for r in regions.iter() {
         for kind in [StoreKind::Main, StoreKind::Volume] {
-            out.push(gc_store(r.bucket(kind), opts).await);
+            out.push(gc_store(r.bucket(kind), &opts).await);
         }
     }
     out

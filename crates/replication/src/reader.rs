@@ -77,18 +77,21 @@ pub fn sources(regions: &Regions, req: &RestoreRequest) -> Result<Vec<Bucket>> {
 
 /// Reads and decodes a manifest from the first store that has a good copy; writes it back
 /// to the first store if that one's copy was missing or damaged. Returns the manifest and
-/// whether it was repaired.
-pub async fn fetch_manifest(stores: &[Bucket], id: &SnapshotId) -> Result<(EncodedManifest, bool)> {
+/// whether it was repaired. A manifest longer than `memory` bytes is kept in an anonymous
+/// temporary file.
+pub async fn fetch_manifest(
+    stores: &[Bucket],
+    id: &SnapshotId,
+    memory: u64,
+) -> Result<(EncodedManifest, bool)> {
     let mut first_err: Option<Error> = None;
     for (i, b) in stores.iter().enumerate() {
-        let got = match b.get_manifest(id).await {
-            Ok(bytes) => EncodedManifest::parse(bytes.clone())
-                .map(|m| (m, bytes))
-                .map_err(Error::Engine),
+        let got = match b.get_manifest(id, memory).await {
+            Ok(bytes) => EncodedManifest::parse(bytes).map_err(Error::Engine),
             Err(e) => Err(e),
         };
         match got {
-            Ok((m, bytes)) => {
+            Ok(m) => {
                 if m.header().meta.id != *id {
                     first_err.get_or_insert(Error::Engine(geosnap_engine::Error::ManifestCorrupt(
                         format!(
@@ -104,7 +107,7 @@ pub async fn fetch_manifest(stores: &[Bucket], id: &SnapshotId) -> Result<(Encod
                         first_err,
                         Some(Error::SnapshotNotInRegion { .. } | Error::Engine(_))
                     )
-                    && stores[0].put(&layout::manifest(id), bytes).await.is_ok();
+                    && stores[0].put_manifest(id, m.bytes()).await.is_ok();
                 return Ok((m, repaired));
             }
             Err(e) => {
@@ -129,7 +132,8 @@ pub async fn restore_snapshot(
     progress: Arc<dyn Progress + Send + Sync>,
 ) -> Result<RestoreOutcome> {
     let stores = sources(regions, &req)?;
-    let (manifest, repaired_manifest) = fetch_manifest(&stores, &req.snapshot).await?;
+    let (manifest, repaired_manifest) =
+        fetch_manifest(&stores, &req.snapshot, regions.tuning.manifest_memory).await?;
     // The preferred store's index is needed to plan; others are read only if needed.
     let primary_index = StoreIndex::load(&stores[0]).await?;
     let indexes = stores.iter().map(|_| OnceLock::new()).collect::<Vec<_>>();

@@ -168,6 +168,9 @@ pub struct Tuning {
     pub detach_after: std::time::Duration,
     /// Size a pack is filled to before it is uploaded.
     pub pack_bytes: usize,
+    /// The largest manifest held in memory; larger ones are written to and read from an
+    /// anonymous temporary file (and uploaded in parts).
+    pub manifest_memory: u64,
 }
 
 impl Default for Tuning {
@@ -177,6 +180,7 @@ impl Default for Tuning {
             buffer_bytes: 64 << 20,
             detach_after: std::time::Duration::from_secs(2),
             pack_bytes: 16 << 20,
+            manifest_memory: 16 << 20,
         }
     }
 }

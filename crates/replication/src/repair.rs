@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use bytes::Bytes;
 use futures::StreamExt;
-use geosnap_engine::manifest::{Backing, Extent, Manifest, ManifestView};
+use geosnap_engine::manifest::{Backing, EncodedManifest, Extent, ManifestView};
 use geosnap_engine::{ChunkId, SnapshotId};
 use serde::Serialize;
 
@@ -143,13 +143,13 @@ pub async fn replicate_snapshot(
 ) -> Result<ReplicateReport> {
     let target = regions.get(to)?.bucket(StoreKind::Main).clone();
     let sources = regions.others(to);
-    let (manifest, _) = fetch_manifest(&sources, id).await?;
+    let (manifest, _) = fetch_manifest(&sources, id, regions.tuning.manifest_memory).await?;
     // The snapshot's own marker: gc spares what this copies until the manifest is there.
     crate::gc::with_marker(&target, id, async {
         let mut report = ReplicateReport::default();
         let held = StoreIndex::load(&target).await?;
         let missing: HashSet<ChunkId> = manifest
-            .chunk_ids()
+            .chunk_ids()?
             .into_iter()
             .filter(|c| !held.contains(c))
             .collect();
@@ -168,7 +168,7 @@ pub async fn replicate_snapshot(
         }
         let key = layout::manifest(id);
         if !target.exists(&key).await? {
-            target.put(&key, manifest.bytes().clone()).await?;
+            target.put_manifest(id, manifest.bytes()).await?;
             report.manifest_written = true;
         }
         crate::gc::wait_listed(
@@ -183,11 +183,12 @@ pub async fn replicate_snapshot(
     .await
 }
 
-fn chunk_lengths(m: &impl ManifestView) -> BTreeMap<ChunkId, usize> {
+fn chunk_lengths(m: &impl ManifestView) -> Result<BTreeMap<ChunkId, usize>> {
     m.extents()
         .filter_map(|e| match e {
-            Extent::Chunk { id, len, .. } => Some((id, len as usize)),
-            Extent::Zero { .. } => None,
+            Ok(Extent::Chunk { id, len, .. }) => Some(Ok((id, len as usize))),
+            Ok(Extent::Zero { .. }) => None,
+            Err(e) => Some(Err(Error::Engine(e))),
         })
         .collect()
 }
@@ -323,19 +324,20 @@ pub async fn verify_store(
     };
     for id in snapshots {
         report.manifests += 1;
-        let decoded = match store.get_manifest(&id).await {
-            Ok(bytes) => Manifest::decode(&bytes).map_err(Error::Engine),
+        let memory = regions.tuning.manifest_memory;
+        let decoded = match store.get_manifest(&id, memory).await {
+            Ok(bytes) => EncodedManifest::parse(bytes).map_err(Error::Engine),
             Err(e) => Err(e),
         };
         match decoded {
-            Ok(m) => wanted.extend(chunk_lengths(&m)),
+            Ok(m) => wanted.extend(chunk_lengths(&m)?),
             Err(e) => {
                 report.corrupt_manifests.push(format!("{id}: {e}"));
                 if repair && !others.is_empty() {
-                    match fetch_manifest(&others, &id).await {
+                    match fetch_manifest(&others, &id, memory).await {
                         Ok((m, _)) => {
-                            store.put(&layout::manifest(&id), m.bytes().clone()).await?;
-                            wanted.extend(chunk_lengths(&m));
+                            store.put_manifest(&id, m.bytes()).await?;
+                            wanted.extend(chunk_lengths(&m)?);
                             report.repaired.push(format!("manifest {id}"));
                         }
                         Err(e) => report.unrepaired.push(format!("manifest {id}: {e}")),

@@ -230,12 +230,14 @@ pub async fn write_snapshot(
     let mut meta = req.meta.clone();
     meta.completed_at = now();
     // Encoded from the scan's extent log now that the scan's buffers are gone.
-    let (header, encoded) = scanned.extents.finish(meta, scanned.stats.image_size)?;
-    let encoded = Bytes::from(encoded);
+    let (header, encoded) =
+        scanned
+            .extents
+            .finish(meta, scanned.stats.image_size, tuning.manifest_memory)?;
     futures::future::join_all(targets.iter().filter(|t| t.active()).map(|t| {
-        let encoded = encoded.clone();
+        let encoded = &encoded;
         async move {
-            let r = t.bucket.put(&layout::manifest(&id), encoded).await;
+            let r = t.bucket.put_manifest(&id, encoded).await;
             if let Err(e) = r {
                 t.fail(e.to_string());
             }

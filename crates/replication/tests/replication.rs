@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use futures::TryStreamExt;
 use geosnap_engine::imagegen::{Profile, generate};
-use geosnap_engine::manifest::{Backing, Manifest, ManifestView, SnapshotMeta};
+use geosnap_engine::manifest::{Backing, EncodedManifest, ManifestView, SnapshotMeta};
 use geosnap_engine::snapshot::SnapshotOptions;
 use geosnap_engine::{NoProgress, SnapshotId};
 use geosnap_replication::index::StoreIndex;
@@ -261,9 +261,10 @@ async fn damaged_region_restores_byte_identical_and_is_repaired() {
     let de_bucket = regions.get("de-1").unwrap().bucket(StoreKind::Main).clone();
     let de = de_bucket.store.clone();
     let index = StoreIndex::load(&de_bucket).await.unwrap();
-    let wanted = Manifest::decode(&de_bucket.get_manifest(&id).await.unwrap())
+    let wanted = EncodedManifest::parse(de_bucket.get_manifest(&id, 0).await.unwrap())
         .unwrap()
-        .chunk_ids();
+        .chunk_ids()
+        .unwrap();
     let corrupted = corrupt_objects(&*de, &pack::prefix(), 0.02, 11)
         .await
         .unwrap();
@@ -519,11 +520,15 @@ async fn a_region_receives_only_the_chunks_it_lacks() {
         let twice = c.values().filter(|n| **n > 1).count();
         assert_eq!(twice, 0, "{name} holds {twice} chunks more than once");
         let bucket = regions.get(name).unwrap().bucket(StoreKind::Main).clone();
-        let manifest = bucket.get_manifest(&second.header.meta.id).await.unwrap();
+        let manifest = bucket
+            .get_manifest(&second.header.meta.id, u64::MAX)
+            .await
+            .unwrap();
         assert!(
-            Manifest::decode(&manifest)
+            EncodedManifest::parse(manifest)
                 .unwrap()
                 .chunk_ids()
+                .unwrap()
                 .iter()
                 .all(|id| c.contains_key(&id.to_hex())),
             "{name} lacks a chunk of the second snapshot"
