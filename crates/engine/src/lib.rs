@@ -55,5 +55,5 @@ pub mod store;
 pub mod zero;
 
 pub use error::Error;
-pub use id::{ChunkId, IdBuild, IdHasher, IdMap, IdSet, ParseIdError, SnapshotId};
+pub use id::{ChunkFilter, ChunkId, IdBuild, IdHasher, IdMap, IdSet, ParseIdError, SnapshotId};
 pub use progress::{NoProgress, Progress};

@@ -278,12 +278,23 @@ pub struct StoreIndex {
 impl StoreIndex {
     /// Reads every index object of `bucket`.
     pub async fn load(bucket: &Bucket) -> Result<StoreIndex> {
+        StoreIndex::load_only(bucket, None).await
+    }
+
+    /// Reads every index object of `bucket`, keeping only the chunks `keep` may contain
+    /// (all of them without a filter).
+    pub async fn load_only(
+        bucket: &Bucket,
+        keep: Option<&geosnap_engine::ChunkFilter>,
+    ) -> Result<StoreIndex> {
         let mut index = StoreIndex::default();
         let visited = visit(bucket, |id, entries| {
             match entries {
                 Ok(entries) => {
                     for e in entries {
-                        index.chunks.insert(e.chunk, e.frame());
+                        if keep.is_none_or(|k| k.may_contain(&e.chunk)) {
+                            index.chunks.insert(e.chunk, e.frame());
+                        }
                     }
                     index.objects.push(id);
                 }

@@ -8,10 +8,10 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use bytes::Bytes;
 use geosnap_engine::codec::{DecodedFrame, Decoder, Encoder, FRAME_TARGET};
-use geosnap_engine::manifest::{Backing, EncodedManifest, ManifestView};
+use geosnap_engine::manifest::{Backing, EncodedManifest, Extent, ManifestView};
 use geosnap_engine::restore::{RestoreOptions, RestoreStats, restore_image};
 use geosnap_engine::store::{ChunkSource, Fetched};
-use geosnap_engine::{ChunkId, Progress, SnapshotId};
+use geosnap_engine::{ChunkFilter, ChunkId, Progress, SnapshotId};
 use serde::Serialize;
 use tokio::runtime::Handle;
 
@@ -134,14 +134,23 @@ pub async fn restore_snapshot(
     let stores = sources(regions, &req)?;
     let (manifest, repaired_manifest) =
         fetch_manifest(&stores, &req.snapshot, regions.tuning.manifest_memory).await?;
+    // Of a store's index, only the chunks this manifest may name are kept: a store that
+    // holds many instances costs a restore no more memory than one that holds this one.
+    let mut wanted = ChunkFilter::with_capacity(manifest.header().chunk_count);
+    for e in manifest.extents() {
+        if let Extent::Chunk { id, .. } = e? {
+            wanted.insert(&id);
+        }
+    }
     // The preferred store's index is needed to plan; others are read only if needed.
-    let primary_index = StoreIndex::load(&stores[0]).await?;
+    let primary_index = StoreIndex::load_only(&stores[0], Some(&wanted)).await?;
     let indexes = stores.iter().map(|_| OnceLock::new()).collect::<Vec<_>>();
     let _ = indexes[0].set(Some(primary_index));
     let source = Arc::new(RegionSource {
         handle: Handle::current(),
         stores,
         indexes,
+        wanted,
         primary_down: AtomicBool::new(false),
         recovered: Mutex::default(),
     });
@@ -254,6 +263,8 @@ struct RegionSource {
     handle: Handle,
     stores: Vec<Bucket>,
     indexes: Vec<OnceLock<Option<StoreIndex>>>,
+    /// The chunks the manifest may name: what is kept of each store's index.
+    wanted: ChunkFilter,
     primary_down: AtomicBool,
     recovered: Mutex<Vec<(ChunkId, Bytes)>>,
 }
@@ -270,15 +281,18 @@ impl RegionSource {
     /// The index of store `n`, read on first use; `None` if it cannot be read.
     fn index(&self, n: usize) -> Option<&StoreIndex> {
         self.indexes[n]
-            .get_or_init(
-                || match self.handle.block_on(StoreIndex::load(&self.stores[n])) {
+            .get_or_init(|| {
+                match self
+                    .handle
+                    .block_on(StoreIndex::load_only(&self.stores[n], Some(&self.wanted)))
+                {
                     Ok(i) => Some(i),
                     Err(e) => {
                         tracing::warn!(store = %self.stores[n], error = %e, "index unreadable");
                         None
                     }
-                },
-            )
+                }
+            })
             .as_ref()
     }
 }

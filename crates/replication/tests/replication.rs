@@ -570,3 +570,59 @@ async fn after_gc_a_store_index_still_shares_frame_addresses() {
     );
     assert!(after.chunks.frame_count() * 4 < after.chunks.len());
 }
+
+/// A restore keeps of a store's index only the chunks its manifest may name (a Bloom
+/// filter: never one it needs less, a few false positives more), so a store shared by many
+/// instances costs it no more memory than one holding its own image.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_keeps_only_its_own_chunks_of_a_shared_store_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let regions = regions(dir.path());
+    let mut ids = Vec::new();
+    for seed in [1, 2, 3] {
+        let img = dir.path().join(format!("vm{seed}.img"));
+        generate(&img, 24 << 20, Profile::Mixed, seed).unwrap();
+        ids.push(take(&regions, &img, meta(Backing::Image)).await.unwrap());
+    }
+    let it = regions.get("it-1").unwrap().bucket(StoreKind::Main).clone();
+    let full = StoreIndex::load(&it).await.unwrap();
+    let first = EncodedManifest::parse(
+        it.get_manifest(&ids[0].header.meta.id, u64::MAX)
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    let own = first.chunk_ids().unwrap();
+    let mut wanted = geosnap_engine::ChunkFilter::with_capacity(first.header().chunk_count);
+    for id in &own {
+        wanted.insert(id);
+    }
+    let kept = StoreIndex::load_only(&it, Some(&wanted)).await.unwrap();
+    assert!(own.iter().all(|id| kept.contains(id)));
+    let others = full.chunks.len() - own.len();
+    assert!(
+        others > 2 * own.len() - 50,
+        "{others} others, {} own",
+        own.len()
+    );
+    assert!(
+        kept.chunks.len() <= own.len() + others / 50,
+        "kept {} of {} for {} own chunks",
+        kept.chunks.len(),
+        full.chunks.len(),
+        own.len()
+    );
+    // And the restore that uses it writes the same bytes.
+    let out = dir.path().join("out.img");
+    restore(
+        &regions,
+        ids[0].header.meta.id,
+        Backing::Image,
+        "it-1",
+        true,
+        &out,
+    )
+    .await
+    .unwrap();
+    assert!(same(&out, &dir.path().join("vm1.img")));
+}
