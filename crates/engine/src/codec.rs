@@ -128,6 +128,10 @@ impl Encoder {
             out[5] = CODEC_RAW;
             out.extend_from_slice(&self.scratch);
         }
+        // Room was made for the worst case; `Bytes` would keep all of it for as long as the
+        // frame waits for its stores (a text frame holds a third of it). Shrinking gives the
+        // tail back in place.
+        out.shrink_to_fit();
         Ok(EncodedFrame {
             chunks: chunks.iter().map(|(id, d)| (*id, d.len() as u32)).collect(),
             bytes: Bytes::from(out),
