@@ -77,6 +77,7 @@ fn bench(c: &mut Criterion) {
                         retention_days: 0,
                     },
                     options: Default::default(),
+                    reuse: None,
                 };
                 let out = rt
                     .block_on(write_snapshot(&regions, req, Arc::new(NoProgress), &|| 0))

@@ -62,12 +62,19 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
 /// worker threads hand buffers to each other, and with an arena per thread the freed
 /// memory piles up (peak RSS of a 2 GiB restore: 176 MiB with the default, 137 MiB with
 /// two; no measurable change in time; `docs/benchmarks.md`).
+///
+/// And a fixed mmap threshold just above the 1 MiB restore span: glibc otherwise raises
+/// it to the largest block freed (the 8 MiB image windows), after which the 2 MiB bounce
+/// buffers of direct writes and other large, short-lived blocks are carved out of the
+/// arenas and leave them fragmented (peak RSS of an 8 GiB snapshot 224–304 MiB over five
+/// runs with the default, 164–170 MiB with this, same time).
 fn limit_malloc_arenas() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only sets an allocator parameter; called first thing in main, before
+    // SAFETY: mallopt only sets allocator parameters; called first thing in main, before
     // any other thread exists.
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 2);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, (1 << 20) + (64 << 10));
     }
 }
 
@@ -766,6 +773,12 @@ fn snapshot(g: &Geosnap, cmd: SnapshotCmd, out: &Out, ui: &Terminal) -> Result<E
                     size(data),
                     size(stored)
                 );
+                if let Some(from) = s.reused_from {
+                    text += &format!(
+                        "  image unchanged since snapshot {from} (same file, size and times; \
+                         sampled chunks checked): its manifest was reused without a scan\n"
+                    );
+                }
                 text += &format!("  replicas: {}\n", replicas_line(&view.replicas, out));
                 text += &format!(
                     "  retention: {}, expires {}\n",

@@ -230,3 +230,43 @@ fn an_unwritable_temporary_directory_fails_the_snapshot_in_one_sentence() {
     env.ok(&["snapshot", "take", "vm", "--name", "s2"]);
     assert_eq!(env.snapshot("vm/s2")["state"], "available");
 }
+
+/// With manifests kept in temporary files, a missing TMPDIR fails verify, restore and gc in
+/// one sentence naming it, and is never taken for damage in the region: no manifest is
+/// reported corrupt or "repaired", and everything works again with a usable TMPDIR.
+#[test]
+fn a_missing_temporary_directory_is_not_reported_as_a_damaged_manifest() {
+    let (env, img) = with_instance();
+    let mut config = geosnap_ops::config::Config::load(&env.data).unwrap();
+    config.manifest_memory = Some("0".into());
+    config.save(&env.data).unwrap();
+    env.ok(&["snapshot", "take", "vm", "--name", "s"]);
+    let out_img = env.path("out.img");
+    let no_tmp = env.path("no-such-dir");
+    for args in [
+        vec!["verify", "--region", "it-1", "--repair"],
+        vec!["restore", "vm/s", "--to", out_img.to_str().unwrap()],
+        vec!["gc"],
+    ] {
+        let out = env.cmd(&args).env("TMPDIR", &no_tmp).output().unwrap();
+        assert_ne!(out.status.code(), Some(0), "{args:?}");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            text.contains("cannot write the manifest's temporary file")
+                && text.contains("no-such-dir"),
+            "{args:?}: {text}"
+        );
+        assert!(
+            !text.contains("panicked") && !text.contains("corrupt"),
+            "{args:?}: {text}"
+        );
+    }
+    assert!(!out_img.exists());
+    env.ok(&["verify", "--region", "it-1"]);
+    env.ok(&["restore", "vm/s", "--to", out_img.to_str().unwrap()]);
+    assert!(crate::util::same(&out_img, std::path::Path::new(&img)));
+}

@@ -114,3 +114,53 @@ fn human_output_names_what_matters() {
     // --quiet prints nothing on success.
     assert_eq!(env.ok(&["--quiet", "snapshot", "list"]), "");
 }
+
+/// An image file whose identity, size and times have not changed since its last snapshot
+/// is not scanned again: the new snapshot reuses that manifest (after sampling chunks).
+/// Content written with its mtime put back still changes the ctime, and a file written in
+/// the last two seconds is never trusted, so neither is ever reused.
+#[test]
+fn unchanged_images_reuse_the_last_manifest_and_changed_ones_are_scanned() {
+    let env = Env::new();
+    let img = env.image("vm.img", 16 << 20, Profile::Mixed, 4);
+    env.ok(&["instance", "create", "vm", "--image", img.to_str().unwrap()]);
+    let settle = || std::thread::sleep(std::time::Duration::from_millis(2100));
+    settle();
+    let take = |name: &str| env.json(&["snapshot", "take", "vm", "--name", name]);
+    let s1 = take("s1");
+    assert!(s1["reused_from"].is_null(), "{s1}");
+    let s2 = take("s2");
+    assert_eq!(s2["reused_from"], s1["id"], "{s2}");
+    assert_eq!(s2["stored_bytes"], 0);
+    assert_eq!(s2["chunk_count"], s1["chunk_count"]);
+    let original = env.path("original.img");
+    std::fs::copy(&img, &original).unwrap();
+
+    // Rewrite a block and put the mtime back, as a careless tool might.
+    let mtime = std::fs::metadata(&img).unwrap().modified().unwrap();
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new().write(true).open(&img).unwrap();
+        f.write_all_at(&[0xAB; 4096], 5 << 20).unwrap();
+        f.set_modified(mtime).unwrap();
+    }
+    // Taken at once after the write: not trusted, scanned, and not offered for reuse.
+    let s3 = take("s3");
+    assert!(s3["reused_from"].is_null(), "{s3}");
+    assert!(s3["stored_bytes"].as_u64().unwrap() > 0);
+    let s4 = take("s4");
+    assert!(s4["reused_from"].is_null(), "{s4}");
+    settle();
+    let s5 = take("s5");
+    assert!(s5["reused_from"].is_null(), "{s5}");
+    let s6 = take("s6");
+    assert_eq!(s6["reused_from"], s5["id"], "{s6}");
+
+    for (snap, want) in [("vm/s2", &original), ("vm/s3", &img), ("vm/s6", &img)] {
+        let out = env.path(&format!("{}.out", snap.replace('/', "-")));
+        env.ok(&["restore", snap, "--to", out.to_str().unwrap()]);
+        assert!(same(&out, want), "{snap} differs");
+    }
+    let human = env.ok(&["snapshot", "take", "vm", "--name", "s7"]);
+    assert!(human.contains("image unchanged since snapshot"), "{human}");
+}

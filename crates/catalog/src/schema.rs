@@ -80,6 +80,16 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX jobs_by_state ON jobs (state, id);
     CREATE INDEX jobs_by_snapshot ON jobs (snapshot_id);
     "#,
+    // 2: where a snapshot's image came from (its file's device, inode, size and times, as
+    // geosnap-ops writes them) and, for a snapshot that reused an earlier one's manifest
+    // because that file had not changed, which snapshot that was.
+    r#"
+    ALTER TABLE snapshots ADD COLUMN source TEXT;
+    ALTER TABLE snapshots ADD COLUMN reused_from TEXT
+        CHECK (reused_from IS NULL OR (length(reused_from) = 32
+                                       AND reused_from NOT GLOB '*[^0-9a-f]*'));
+    CREATE INDEX snapshots_by_source ON snapshots (instance, source) WHERE source IS NOT NULL;
+    "#,
 ];
 
 /// The schema version this build writes and the newest it reads.
@@ -201,6 +211,35 @@ mod tests {
             [],
         );
         assert!(bad_id.is_err());
+    }
+
+    /// A catalog written by the first release (version 1) gains the snapshot-source columns
+    /// and keeps every row; the new columns start empty.
+    #[test]
+    fn a_version_1_catalog_is_upgraded_in_place() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(MIGRATIONS[0]).unwrap();
+        conn.pragma_update(None, "user_version", 1).unwrap();
+        conn.pragma_update(None, "application_id", APPLICATION_ID)
+            .unwrap();
+        conn.execute_batch(
+            "INSERT INTO instances VALUES ('vm', '/x', 'it-1', 'image', 0);
+             INSERT INTO snapshots (id, instance, name, backing, home_region, state, retention_days, created_at)
+             VALUES ('0123456789abcdef0123456789abcdef', 'vm', 's', 'image', 'it-1', 'available', 0, 5);",
+        )
+        .unwrap();
+        migrate(&conn, Path::new(":memory:")).unwrap();
+        assert_eq!(version(&conn).unwrap(), SCHEMA_VERSION);
+        let (created, source, reused): (i64, Option<String>, Option<String>) = conn
+            .query_row(
+                "SELECT created_at, source, reused_from FROM snapshots",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .unwrap();
+        assert_eq!((created, source, reused), (5, None, None));
+        let bad = conn.execute("UPDATE snapshots SET reused_from = 'nope'", []);
+        assert!(bad.is_err());
     }
 
     #[test]

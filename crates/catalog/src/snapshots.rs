@@ -106,6 +106,10 @@ pub struct Snapshot {
     pub chunk_count: Option<u64>,
     /// Why it failed, if it did.
     pub error: Option<String>,
+    /// The earlier snapshot whose manifest this one reused because the image had not
+    /// changed since (its file's identity, size and times), if it did.
+    #[serde(serialize_with = "snapshot_id::serialize_opt")]
+    pub reused_from: Option<SnapshotId>,
 }
 
 impl Snapshot {
@@ -130,7 +134,8 @@ impl Snapshot {
 }
 
 const COLUMNS: &str = "id, instance, name, backing, home_region, state, retention_days, \
-     created_at, completed_at, expires_at, image_size, data_bytes, stored_bytes, chunk_count, error";
+     created_at, completed_at, expires_at, image_size, data_bytes, stored_bytes, chunk_count, error, \
+     reused_from";
 
 fn from_row(row: &Row<'_>) -> rusqlite::Result<Snapshot> {
     let days: u32 = row.get(6)?;
@@ -153,6 +158,7 @@ fn from_row(row: &Row<'_>) -> rusqlite::Result<Snapshot> {
         stored_bytes: row.get(12)?,
         chunk_count: row.get(13)?,
         error: row.get(14)?,
+        reused_from: snapshot_id::opt_id_at(row, 15)?,
     })
 }
 
@@ -381,6 +387,44 @@ impl Catalog {
         })
     }
 
+    /// Records where a completed snapshot's image came from (`source`, opaque here: the
+    /// caller's description of the image file) and the snapshot it reused, if any.
+    pub fn set_snapshot_source(
+        &self,
+        id: &SnapshotId,
+        source: Option<&str>,
+        reused_from: Option<&SnapshotId>,
+    ) -> Result<(), Error> {
+        self.write("recording a snapshot's source", |tx| {
+            let n = tx
+                .execute(
+                    "UPDATE snapshots SET source = ?2, reused_from = ?3 WHERE id = ?1",
+                    params![id.to_hex(), source, reused_from.map(|r| r.to_hex())],
+                )
+                .during("recording a snapshot's source")?;
+            if n == 0 {
+                return Err(not_found(id));
+            }
+            Ok(())
+        })
+    }
+
+    /// The newest available or degraded snapshot of `instance` taken from `source`.
+    pub fn snapshot_from_source(
+        &self,
+        instance: &str,
+        source: &str,
+    ) -> Result<Option<SnapshotId>, Error> {
+        let found = select(
+            &self.conn,
+            "finding a snapshot by source",
+            "WHERE instance = ?1 AND source = ?2 AND state IN ('available', 'degraded')
+             ORDER BY completed_at DESC, id DESC LIMIT 1",
+            params![instance, source],
+        )?;
+        Ok(found.first().map(|s| s.id))
+    }
+
     /// Deletes a snapshot row and its replica rows (not its data in the regions).
     pub fn delete_snapshot(&self, id: &SnapshotId) -> Result<(), Error> {
         self.write("deleting a snapshot", |tx| {
@@ -518,6 +562,7 @@ fn insert_snapshot(tx: &rusqlite::Transaction<'_>, new: &NewSnapshot) -> Result<
         stored_bytes: None,
         chunk_count: None,
         error: None,
+        reused_from: None,
     })
 }
 
@@ -561,6 +606,7 @@ mod tests {
             stored_bytes: None,
             chunk_count: None,
             error: None,
+            reused_from: None,
         };
         assert_eq!(s.meta(), None);
         s.completed_at = Some(20);

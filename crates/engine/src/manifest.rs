@@ -391,7 +391,10 @@ impl ExtentLog {
             action: "read",
             source,
         };
-        let mut file = self.out.into_inner().map_err(|e| spill(e.into_error()))?;
+        let mut file = self.out.into_inner().map_err(|e| Error::Spill {
+            action: "write",
+            source: e.into_error(),
+        })?;
         let body = file.stream_position().map_err(spill)?;
         file.rewind().map_err(spill)?;
         let prefix = encode_prefix(&header, self.checker.count, 0)?;

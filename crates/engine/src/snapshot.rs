@@ -13,7 +13,7 @@ use serde::Serialize;
 use crate::chunker::ChunkerParams;
 use crate::codec::{DEFAULT_LEVEL, Encoder, FRAME_TARGET};
 use crate::image::Image;
-use crate::manifest::{Extent, ExtentLog};
+use crate::manifest::{Extent, ExtentLog, ManifestView};
 use crate::progress::Progress;
 use crate::scanner::{Piece, Scanner};
 use crate::store::ChunkSink;
@@ -356,6 +356,78 @@ fn read_image(
         return Err(Error::Cancelled);
     }
     Ok((pending, stats))
+}
+
+/// Chunk extents of the image a reused manifest is checked against: read and hashed, each
+/// must still have the id the manifest gives it.
+pub const REUSE_SAMPLES: u64 = 32;
+
+/// The snapshot of an image that has not changed since `previous` was taken (its file's
+/// identity and times say so), without scanning it: `previous`'s extents, if the image is
+/// still its size, was cut by `chunker`, every chunk is one `held` says the stores hold,
+/// and [`REUSE_SAMPLES`] chunks spread over the image (the first and the last among them,
+/// the rest at offsets `seed` varies) and the start of up to four zero runs still read as
+/// the manifest says. `None` when any of that fails: the caller scans instead.
+pub fn reuse_manifest(
+    previous: &impl ManifestView,
+    image: &Image,
+    chunker: ChunkerParams,
+    seed: u64,
+    held: impl Fn(&ChunkId) -> bool,
+    progress: &dyn Progress,
+) -> Result<Option<Scanned>, Error> {
+    let h = previous.header();
+    if h.chunker != chunker || h.image_size != image.size() {
+        return Ok(None);
+    }
+    let stride = (h.chunk_count / REUSE_SAMPLES).max(1);
+    let phase = seed % stride;
+    let mut log = ExtentLog::new(chunker)?;
+    let mut stats = SnapshotStats {
+        image_size: h.image_size,
+        ..Default::default()
+    };
+    let mut buf = Vec::new();
+    let mut zero_samples = 0;
+    for e in previous.extents() {
+        let e = e?;
+        log.push(&e)?;
+        match e {
+            Extent::Chunk { offset, len, id } => {
+                if !held(&id) {
+                    return Ok(None);
+                }
+                let i = stats.chunks;
+                if i % stride == phase || i == 0 || i + 1 == h.chunk_count {
+                    buf.clear();
+                    image.read_into(offset, len as usize, &mut buf)?;
+                    if ChunkId::of(&buf) != id {
+                        return Ok(None);
+                    }
+                }
+                stats.chunks += 1;
+                stats.data_bytes += u64::from(len);
+            }
+            Extent::Zero { offset, len } => {
+                if zero_samples < 4 {
+                    zero_samples += 1;
+                    buf.clear();
+                    image.read_into(offset, len.min(ZERO_RUN_MIN as u64) as usize, &mut buf)?;
+                    if !crate::zero::is_zero(&buf) {
+                        return Ok(None);
+                    }
+                }
+                stats.zero_bytes += len;
+            }
+        }
+    }
+    progress.start(h.image_size);
+    progress.advance(h.image_size);
+    progress.finish();
+    Ok(Some(Scanned {
+        extents: log,
+        stats,
+    }))
 }
 
 #[cfg(test)]

@@ -410,6 +410,7 @@ pub fn run(opts: &BenchOptions, rt: &tokio::runtime::Handle) -> Result<BenchRepo
             image: path.clone(),
             meta: meta.clone(),
             options,
+            reuse: None,
         },
         Arc::new(NoProgress),
         &|| 0,

@@ -9,7 +9,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use geosnap_catalog::{Retention, SnapshotState};
 use geosnap_engine::imagegen::{self, Profile};
-use geosnap_engine::manifest::{EncodedManifest, Extent, ManifestView};
+use geosnap_engine::manifest::{Extent, ManifestView};
 use geosnap_replication::StoreKind;
 use geosnap_replication::layout;
 use geosnap_replication::simulator::FaultMode;
@@ -651,12 +651,7 @@ fn distinct_bytes(g: &Geosnap, snapshot: &str) -> Result<u64> {
         .parse()
         .map_err(|e: geosnap_engine::ParseIdError| Error::JobFailed(e.to_string()))?;
     let it = g.regions.get("it-1")?.bucket(StoreKind::Main).clone();
-    let manifest = g.block_on(async {
-        let bytes = it
-            .get_manifest(&id, g.regions.tuning.manifest_memory)
-            .await?;
-        EncodedManifest::parse(bytes).map_err(geosnap_replication::Error::Engine)
-    })?;
+    let manifest = g.block_on(it.read_manifest(&id, g.regions.tuning.manifest_memory))?;
     let mut seen = geosnap_engine::IdSet::default();
     let mut total = 0u64;
     for e in manifest.extents() {
@@ -676,10 +671,9 @@ fn corrupt_one_chunk(g: &Geosnap, snapshot: &str) -> Result<String> {
         .map_err(|e: geosnap_engine::ParseIdError| Error::JobFailed(e.to_string()))?;
     let nl = g.regions.get("nl-1")?.bucket(StoreKind::Main).clone();
     g.block_on(async {
-        let bytes = nl
-            .get_manifest(&id, g.regions.tuning.manifest_memory)
+        let manifest = nl
+            .read_manifest(&id, g.regions.tuning.manifest_memory)
             .await?;
-        let manifest = EncodedManifest::parse(bytes).map_err(geosnap_replication::Error::Engine)?;
         let chunk = manifest
             .chunk_ids()
             .map_err(geosnap_replication::Error::Engine)?

@@ -241,7 +241,7 @@ impl Geosnap {
                 .ok()?;
             Some((m.0.header().clone(), holders))
         });
-        let (header, replicas, stored) = match adopted {
+        let (header, replicas, stored, source) = match adopted {
             Some((m, holders)) => {
                 let replicas = targets
                     .iter()
@@ -257,9 +257,16 @@ impl Geosnap {
                         (t.region.clone(), outcome)
                     })
                     .collect::<Vec<_>>();
-                (m, replicas, 0)
+                (m, replicas, 0, None)
             }
             None => {
+                let image = PathBuf::from(&inst.image_path);
+                // Taken before the image is read: a write during the scan changes it.
+                let source = source_stamp(&image);
+                let reuse = match &source {
+                    Some(s) => self.reusable(&snap.instance, s, &targets)?,
+                    None => None,
+                };
                 let options = SnapshotOptions {
                     chunker: self.config.chunker_params()?,
                     level: self.config.zstd_level,
@@ -270,19 +277,50 @@ impl Geosnap {
                     ..snap_meta(snap)
                 };
                 let req = WriteRequest {
-                    image: PathBuf::from(&inst.image_path),
+                    image,
                     meta,
                     options,
+                    reuse,
                 };
                 let progress = ui.progress(&format!("snapshot {}/{}", snap.instance, snap.name));
                 let clock = self.clock.clone();
                 let now = move || clock.now();
                 let out = self.block_on(write_snapshot(&self.regions, req, progress, &now))?;
-                (out.header, out.replicas, out.stats.stored_bytes)
+                let reused = out.reused;
+                (
+                    out.header,
+                    out.replicas,
+                    out.stats.stored_bytes,
+                    Some((source, reused)),
+                )
             }
         };
         geosnap_engine::failpoint::hit("snapshot-before-catalog");
-        self.commit_snapshot(&header, &replicas, stored)
+        self.commit_snapshot(&header, &replicas, stored)?;
+        if let Some((source, reused)) = source {
+            self.catalog
+                .set_snapshot_source(&id, source.as_deref(), reused.as_ref())?;
+        }
+        Ok(())
+    }
+
+    /// The manifest of the newest snapshot of `instance` taken from the same, unchanged
+    /// image file (`source`), read from the first target store that has it; `None` if there
+    /// is none or no store answers (the snapshot then scans the image).
+    fn reusable(
+        &self,
+        instance: &str,
+        source: &str,
+        targets: &[geosnap_replication::Bucket],
+    ) -> Result<Option<geosnap_engine::manifest::EncodedManifest>> {
+        let Some(previous) = self.catalog.snapshot_from_source(instance, source)? else {
+            return Ok(None);
+        };
+        let memory = self.regions.tuning.manifest_memory;
+        Ok(self
+            .block_on(fetch_manifest(targets, &previous, memory))
+            .ok()
+            .map(|(m, _)| m))
     }
 
     /// Records a written snapshot: completion, replicas, and replication jobs for the
@@ -375,4 +413,37 @@ pub(crate) fn snap_meta(s: &geosnap_catalog::Snapshot) -> geosnap_engine::manife
         completed_at: s.completed_at.unwrap_or(0),
         retention_days: s.retention.days(),
     }
+}
+
+/// How long before a snapshot an image file must have last changed for its times to be
+/// trusted: a write within the same clock tick as the `stat` (coarse on some filesystems,
+/// two seconds on FAT) could leave them as they were.
+const SOURCE_SETTLED_NS: i128 = 2_000_000_000;
+
+/// The identity, size and times of a regular image file (device, inode, size, mtime and
+/// ctime in nanoseconds), if they can be trusted to change when its content does: `None`
+/// for block devices and other non-files, and for a file changed in the last two seconds.
+/// ctime cannot be set back by `touch` or `utimensat`, so content written with its mtime
+/// restored still changes the stamp.
+pub fn source_stamp(path: &std::path::Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    if !m.is_file() {
+        return None;
+    }
+    let ns = |secs: i64, nanos: i64| i128::from(secs) * 1_000_000_000 + i128::from(nanos);
+    let (mtime, ctime) = (ns(m.mtime(), m.mtime_nsec()), ns(m.ctime(), m.ctime_nsec()));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?
+        .as_nanos() as i128;
+    if now - mtime.max(ctime) < SOURCE_SETTLED_NS {
+        return None;
+    }
+    Some(format!(
+        "{}:{}:{}:{mtime}:{ctime}",
+        m.dev(),
+        m.ino(),
+        m.size()
+    ))
 }

@@ -2,7 +2,7 @@
 //! carry everything the catalog lists, so no other source is needed.
 
 use geosnap_catalog::{ReplicaState, SnapshotState, SnapshotStatsRow};
-use geosnap_engine::manifest::{EncodedManifest, ManifestView};
+use geosnap_engine::manifest::ManifestView;
 use geosnap_replication::{StoreKind, layout};
 use serde::Serialize;
 
@@ -36,12 +36,12 @@ impl Geosnap {
                     report.skipped.push(format!("{id}: deleted (tombstone)"));
                     continue;
                 }
-                let decoded = self
-                    .block_on(store.get_manifest(&id, self.regions.tuning.manifest_memory))
-                    .map_err(crate::Error::from)
-                    .and_then(|b| Ok(EncodedManifest::parse(b)?));
+                let decoded =
+                    self.block_on(store.read_manifest(&id, self.regions.tuning.manifest_memory));
                 let m = match decoded {
                     Ok(m) if m.header().meta.id == id => m,
+                    // Not the manifest's fault: no room for its temporary file here.
+                    Err(e) if e.is_local() => return Err(e.into()),
                     Ok(_) => {
                         report
                             .skipped

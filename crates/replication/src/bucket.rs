@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::TryStreamExt;
-use geosnap_engine::manifest::{ManifestBytes, Spool};
+use geosnap_engine::manifest::{EncodedManifest, ManifestBytes, Spool};
 use geosnap_engine::{ChunkId, SnapshotId};
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
@@ -261,9 +261,23 @@ impl Bucket {
         }
     }
 
+    /// A manifest, read as [`Bucket::get_manifest`] does and checked: a damaged one is an
+    /// engine error, a temporary file that fails a local one ([`Error::is_local`]). One kept
+    /// in a file is checked off the async threads (that reads it whole).
+    pub async fn read_manifest(&self, id: &SnapshotId, memory: u64) -> Result<EncodedManifest> {
+        let bytes = self.get_manifest(id, memory).await?;
+        if bytes.as_memory().is_some() {
+            return Ok(EncodedManifest::parse(bytes)?);
+        }
+        tokio::task::spawn_blocking(move || EncodedManifest::parse(bytes))
+            .await
+            .map_err(|e| Error::Task(e.to_string()))?
+            .map_err(Error::Engine)
+    }
+
     /// Writes a manifest: in one put from memory, or from its temporary file as a
-    /// multipart upload of [`MANIFEST_PART`]-byte parts, two in flight, so that a manifest
-    /// of any size passes through a bounded amount of memory.
+    /// multipart upload of [`MANIFEST_PART`]-byte parts, the next part read while the last
+    /// one is sent, so that a manifest of any size passes through two parts of memory.
     pub async fn put_manifest(&self, id: &SnapshotId, bytes: &ManifestBytes) -> Result<()> {
         let key = layout::manifest(id);
         if let Some(b) = bytes.as_memory() {
@@ -272,19 +286,19 @@ impl Bucket {
         let got = retry(self.retry, || async {
             let upload = self.store.put_multipart(&key).await?;
             let mut w = WriteMultipart::new_with_chunk_size(upload, MANIFEST_PART);
-            let mut buf = vec![0u8; MANIFEST_PART];
             let mut offset = 0;
             while offset < bytes.len() {
                 let n = (bytes.len() - offset).min(MANIFEST_PART as u64) as usize;
-                if let Err(e) = bytes.read_exact_at(&mut buf[..n], offset) {
-                    let _ = w.abort().await;
+                let mut part = vec![0u8; n];
+                if let Err(e) = bytes.read_exact_at(&mut part, offset) {
+                    self.abort_upload(w, &key).await;
                     return Ok(Err(e));
                 }
-                if let Err(e) = w.wait_for_capacity(2).await {
-                    let _ = w.abort().await;
+                if let Err(e) = w.wait_for_capacity(1).await {
+                    self.abort_upload(w, &key).await;
                     return Err(e);
                 }
-                w.write(&buf[..n]);
+                w.put(Bytes::from(part));
                 offset += n as u64;
             }
             w.finish().await.map(|_| Ok(()))
@@ -292,6 +306,16 @@ impl Bucket {
         .await
         .map_err(|e| self.err(e))?;
         Ok(got?)
+    }
+}
+
+impl Bucket {
+    /// Gives up a multipart upload; a store that cannot be told (it is down) keeps the
+    /// parts until its own clean-up (an S3 lifecycle rule, `docs/deploy.md`).
+    async fn abort_upload(&self, w: WriteMultipart, key: &Path) {
+        if let Err(e) = w.abort().await {
+            tracing::warn!(store = %self, %key, error = %e, "could not abort a multipart upload");
+        }
     }
 }
 
@@ -369,5 +393,55 @@ mod tests {
         }
         let on_disk = std::fs::read(dir.path().join(layout::manifest(&id).as_ref())).unwrap();
         assert!(on_disk == data);
+    }
+
+    /// Through a flaky simulated network (one call in ten fails), a manifest's multipart
+    /// upload is retried whole until it lands, leaves no staging file behind, and reads
+    /// back the same; a store that is down fails it in one error naming the region.
+    #[tokio::test]
+    async fn spooled_manifests_survive_transient_errors_and_name_an_outage() {
+        use crate::simulator::{FaultConfig, Faults, FaultyStore};
+        let dir = tempfile::tempdir().unwrap();
+        let faults = Faults::new(
+            "it-1",
+            FaultConfig {
+                error_rate: 0.1,
+                seed: 5,
+                ..Default::default()
+            },
+        );
+        let store = FaultyStore::new(DirectFs::new(dir.path()).unwrap(), faults.clone());
+        let mut b = bucket(Arc::new(store));
+        b.retry = RetryPolicy {
+            attempts: 12,
+            base: std::time::Duration::from_millis(1),
+            max: std::time::Duration::from_millis(5),
+        };
+        let data: Vec<u8> = (0..3 * MANIFEST_PART + 99)
+            .map(|i| (i % 251) as u8)
+            .collect();
+        let mut spool = Spool::new().unwrap();
+        spool.write(&data).unwrap();
+        let spooled = spool.finish().unwrap();
+        let id = SnapshotId([4; 16]);
+        b.put_manifest(&id, &spooled).await.unwrap();
+        assert!(all(&b.get_manifest(&id, 0).await.unwrap()) == data);
+        let path = dir.path().join(layout::manifest(&id).as_ref());
+        let beside: Vec<_> = std::fs::read_dir(path.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(beside.len(), 1, "{beside:?}");
+
+        faults.set(FaultConfig {
+            down: true,
+            ..Default::default()
+        });
+        let e = b
+            .put_manifest(&SnapshotId([5; 16]), &spooled)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, Error::RegionUnavailable { .. }), "{e}");
+        assert!(e.to_string().contains("it-1"), "{e}");
     }
 }

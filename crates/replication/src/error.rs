@@ -86,6 +86,17 @@ pub enum Error {
 }
 
 impl Error {
+    /// Whether this error happened here rather than in a store: a temporary file that
+    /// cannot be written or read (a full `TMPDIR`), or a task that died. Such an error says
+    /// nothing about the object being read, which must not be reported or repaired as
+    /// damaged because of it.
+    pub fn is_local(&self) -> bool {
+        matches!(
+            self,
+            Error::Engine(geosnap_engine::Error::Spill { .. }) | Error::Task(_)
+        )
+    }
+
     /// Whether this error means "the thing is not there" rather than "could not ask".
     pub fn is_not_found(&self) -> bool {
         matches!(

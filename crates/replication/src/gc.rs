@@ -21,7 +21,7 @@ use chrono::Utc;
 use futures::StreamExt;
 use geosnap_engine::ChunkId;
 use geosnap_engine::codec::Encoder;
-use geosnap_engine::manifest::{EncodedManifest, ManifestView};
+use geosnap_engine::manifest::ManifestView;
 use serde::Serialize;
 
 use crate::bucket::{Bucket, StoreKind};
@@ -154,13 +154,18 @@ async fn sweep(b: &Bucket, opts: &GcOptions, report: &mut GcReport) -> Result<()
     // Mark.
     let mut referenced = HashSet::new();
     for id in b.snapshot_ids().await? {
-        let bytes = b.get_manifest(&id, opts.manifest_memory).await?;
-        let m = EncodedManifest::parse(bytes).map_err(|e| {
-            Error::Engine(geosnap_engine::Error::ManifestCorrupt(format!(
-                "gc stopped in {b}: manifest of {id} does not decode, so its chunks cannot be \
-                 told apart from garbage ({e}); run verify --repair first"
-            )))
-        })?;
+        let m = match b.read_manifest(&id, opts.manifest_memory).await {
+            Ok(m) => m,
+            Err(Error::Engine(e)) if !matches!(e, geosnap_engine::Error::Spill { .. }) => {
+                return Err(Error::Engine(geosnap_engine::Error::ManifestCorrupt(
+                    format!(
+                        "gc stopped in {b}: manifest of {id} does not decode, so its chunks cannot \
+                     be told apart from garbage ({e}); run verify --repair first"
+                    ),
+                )));
+            }
+            Err(e) => return Err(e),
+        };
         referenced.extend(m.chunk_ids()?);
         report.manifests += 1;
     }

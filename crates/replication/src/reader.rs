@@ -86,11 +86,7 @@ pub async fn fetch_manifest(
 ) -> Result<(EncodedManifest, bool)> {
     let mut first_err: Option<Error> = None;
     for (i, b) in stores.iter().enumerate() {
-        let got = match b.get_manifest(id, memory).await {
-            Ok(bytes) => EncodedManifest::parse(bytes).map_err(Error::Engine),
-            Err(e) => Err(e),
-        };
-        match got {
+        match b.read_manifest(id, memory).await {
             Ok(m) => {
                 if m.header().meta.id != *id {
                     first_err.get_or_insert(Error::Engine(geosnap_engine::Error::ManifestCorrupt(
@@ -112,7 +108,8 @@ pub async fn fetch_manifest(
             }
             Err(e) => {
                 // The region asked for is down: say so rather than quietly reading elsewhere.
-                if i == 0 && matches!(e, Error::RegionUnavailable { .. }) {
+                // A local failure (no room for the temporary file) is no fault of the store.
+                if e.is_local() || (i == 0 && matches!(e, Error::RegionUnavailable { .. })) {
                     return Err(e);
                 }
                 first_err.get_or_insert(e);

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use bytes::Bytes;
 use futures::StreamExt;
-use geosnap_engine::manifest::{Backing, EncodedManifest, Extent, ManifestView};
+use geosnap_engine::manifest::{Backing, Extent, ManifestView};
 use geosnap_engine::{ChunkId, SnapshotId};
 use serde::Serialize;
 
@@ -325,12 +325,9 @@ pub async fn verify_store(
     for id in snapshots {
         report.manifests += 1;
         let memory = regions.tuning.manifest_memory;
-        let decoded = match store.get_manifest(&id, memory).await {
-            Ok(bytes) => EncodedManifest::parse(bytes).map_err(Error::Engine),
-            Err(e) => Err(e),
-        };
-        match decoded {
+        match store.read_manifest(&id, memory).await {
             Ok(m) => wanted.extend(chunk_lengths(&m)?),
+            Err(e) if e.is_local() => return Err(e),
             Err(e) => {
                 report.corrupt_manifests.push(format!("{id}: {e}"));
                 if repair && !others.is_empty() {

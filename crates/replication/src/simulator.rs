@@ -245,12 +245,51 @@ impl Faults {
         if data.is_empty() || !self.draw(p) {
             return data;
         }
+        self.flip_a_bit(data)
+    }
+
+    fn flip_a_bit(&self, data: Bytes) -> Bytes {
+        if data.is_empty() {
+            return data;
+        }
         let mut v = data.to_vec();
         if let Ok(mut r) = self.rng.lock() {
             let i = r.random_range(0..v.len());
             v[i] ^= 1 << r.random_range(0..8u32);
         }
         Bytes::from(v)
+    }
+}
+
+/// A multipart upload through the simulated network: every part and the completion can
+/// meet an outage or a transient error, and parts cross the shaped link. Aborts are
+/// passed through (a real abort may fail too; here it cleans up what tests leave).
+#[derive(Debug)]
+struct FaultyUpload {
+    inner: Box<dyn MultipartUpload>,
+    faults: Arc<Faults>,
+}
+
+#[async_trait]
+impl MultipartUpload for FaultyUpload {
+    fn put_part(&mut self, data: PutPayload) -> object_store::UploadPart {
+        let faults = self.faults.clone();
+        let len = data.content_length();
+        let part = self.inner.put_part(data);
+        Box::pin(async move {
+            faults.enter().await?;
+            faults.transfer(len).await;
+            part.await
+        })
+    }
+
+    async fn complete(&mut self) -> object_store::Result<PutResult> {
+        self.faults.enter().await?;
+        self.inner.complete().await
+    }
+
+    async fn abort(&mut self) -> object_store::Result<()> {
+        self.inner.abort().await
     }
 }
 
@@ -294,7 +333,11 @@ impl<T: ObjectStore> ObjectStore for FaultyStore<T> {
         opts: PutMultipartOptions,
     ) -> object_store::Result<Box<dyn MultipartUpload>> {
         self.faults.enter().await?;
-        self.inner.put_multipart_opts(location, opts).await
+        let inner = self.inner.put_multipart_opts(location, opts).await?;
+        Ok(Box::new(FaultyUpload {
+            inner,
+            faults: self.faults.clone(),
+        }))
     }
 
     async fn get_opts(
@@ -312,11 +355,29 @@ impl<T: ObjectStore> ObjectStore for FaultyStore<T> {
         let range = result.range.clone();
         let attributes = result.attributes.clone();
         let extensions = result.extensions.clone();
-        let data = result.bytes().await?;
-        self.faults.transfer(data.len()).await;
-        let data = self.faults.maybe_corrupt(data);
+        // One draw per object; a corrupted one is read whole to flip a bit in it, any other
+        // streams through piece by piece (a large manifest must not be held whole).
+        let payload = if self.faults.draw(self.faults.config().corrupt_rate) {
+            let data = result.bytes().await?;
+            self.faults.transfer(data.len()).await;
+            let data = self.faults.flip_a_bit(data);
+            stream::once(async move { Ok(data) }).boxed()
+        } else {
+            let faults = self.faults.clone();
+            result
+                .into_stream()
+                .then(move |piece| {
+                    let faults = faults.clone();
+                    async move {
+                        let piece = piece?;
+                        faults.transfer(piece.len()).await;
+                        Ok(piece)
+                    }
+                })
+                .boxed()
+        };
         Ok(GetResult {
-            payload: GetResultPayload::Stream(stream::once(async move { Ok(data) }).boxed()),
+            payload: GetResultPayload::Stream(payload),
             meta,
             range,
             attributes,
@@ -467,6 +528,49 @@ mod tests {
     fn store(config: FaultConfig) -> (FaultyStore<InMemory>, Arc<Faults>) {
         let faults = Faults::new("de-1", config);
         (FaultyStore::new(InMemory::new(), faults.clone()), faults)
+    }
+
+    /// Reads stream through piece by piece (a large manifest is never held whole), and a
+    /// multipart upload meets the simulated network part by part: an outage that starts in
+    /// the middle of one fails its next part.
+    #[tokio::test]
+    async fn reads_stream_and_multipart_uploads_meet_the_network() {
+        let dir = tempfile::tempdir().unwrap();
+        let faults = Faults::new("de-1", FaultConfig::default());
+        let s = FaultyStore::new(
+            crate::direct::DirectFs::new(dir.path()).unwrap(),
+            faults.clone(),
+        );
+        let key = Path::from("big");
+        let data = Bytes::from(vec![7u8; 20 << 20]);
+        s.put(&key, data.clone().into()).await.unwrap();
+        let pieces: Vec<Bytes> = s
+            .get(&key)
+            .await
+            .unwrap()
+            .into_stream()
+            .try_collect()
+            .await
+            .unwrap();
+        assert!(pieces.len() > 1, "{} piece(s)", pieces.len());
+        assert!(pieces.iter().all(|p| p.len() <= 1 << 20));
+        assert_eq!(pieces.concat(), data);
+
+        let mut up = s.put_multipart(&Path::from("parts")).await.unwrap();
+        up.put_part(Bytes::from(vec![1u8; 1 << 20]).into())
+            .await
+            .unwrap();
+        faults.set(FaultConfig {
+            down: true,
+            ..Default::default()
+        });
+        let e = up
+            .put_part(Bytes::from(vec![2u8; 1 << 20]).into())
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("simulated outage"), "{e}");
+        assert!(up.complete().await.is_err());
+        up.abort().await.unwrap();
     }
 
     #[tokio::test]

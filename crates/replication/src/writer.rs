@@ -20,10 +20,11 @@ use crate::index::{self, Entry};
 use crate::pack::{self, PackBuilder};
 use geosnap_engine::codec::EncodedFrame;
 use geosnap_engine::image::Image;
+use geosnap_engine::manifest::{EncodedManifest, ManifestView};
 use geosnap_engine::manifest::{ManifestHeader, SnapshotMeta};
-use geosnap_engine::snapshot::{SnapshotOptions, SnapshotStats, snapshot_image};
+use geosnap_engine::snapshot::{SnapshotOptions, SnapshotStats, reuse_manifest, snapshot_image};
 use geosnap_engine::store::ChunkSink;
-use geosnap_engine::{ChunkId, Progress};
+use geosnap_engine::{ChunkId, Progress, SnapshotId};
 use serde::Serialize;
 use tokio::runtime::Handle;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
@@ -41,6 +42,10 @@ pub struct WriteRequest {
     pub meta: SnapshotMeta,
     /// Chunker, zstd level, threads.
     pub options: SnapshotOptions,
+    /// The manifest of an earlier snapshot of the same image, which the image's file
+    /// identity and times say has not changed since: reused without a scan if every store
+    /// holds its chunks and sampled chunks still match (`snapshot::reuse_manifest`).
+    pub reuse: Option<EncodedManifest>,
 }
 
 /// How one store fared.
@@ -67,6 +72,8 @@ pub struct WriteOutcome {
     pub replicas: Vec<(String, ReplicaOutcome)>,
     /// Encoded bytes uploaded, summed over stores.
     pub uploaded_bytes: u64,
+    /// The snapshot whose manifest was reused, when the image was not scanned.
+    pub reused: Option<SnapshotId>,
 }
 
 /// Writes a snapshot of `req.image` to the stores its backing calls for.
@@ -152,9 +159,28 @@ pub async fn write_snapshot(
     };
     let scan = {
         let (sink, image, options) = (sink.clone(), req.image.clone(), req.options);
+        let reuse = req.reuse.clone();
         tokio::task::spawn_blocking(move || {
             let image = Image::open(&image)?;
-            snapshot_image(&image, &options, &*sink, &*progress)
+            if let Some(previous) = reuse {
+                // Every store still writing must hold every chunk.
+                let all = sink
+                    .targets
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, t)| t.active())
+                    .fold(0, |bits, (i, _)| bits | target_bit(i));
+                let held = |id: &ChunkId| sink.held.get(id).is_some_and(|b| b & all == all);
+                let seed = u64::from_le_bytes(id.0[8..].try_into().unwrap_or_default());
+                match reuse_manifest(&previous, &image, options.chunker, seed, held, &*progress) {
+                    Ok(Some(scanned)) => return Ok((scanned, Some(previous.header().meta.id))),
+                    Ok(None) => tracing::info!("image differs from its last snapshot; scanning"),
+                    Err(e) => {
+                        tracing::info!(error = %e, "cannot reuse the last snapshot; scanning")
+                    }
+                }
+            }
+            Ok((snapshot_image(&image, &options, &*sink, &*progress)?, None))
         })
         .await
     };
@@ -162,7 +188,7 @@ pub async fn write_snapshot(
         t.close();
     }
     reporter.abort();
-    let scanned = match scan {
+    let (scanned, reused) = match scan {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             abort(&uploaders);
@@ -282,6 +308,7 @@ pub async fn write_snapshot(
             .iter()
             .map(|t| t.uploaded_bytes.load(Ordering::Relaxed))
             .sum(),
+        reused,
     })
 }
 

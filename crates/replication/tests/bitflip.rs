@@ -64,6 +64,7 @@ async fn a_thousand_bit_flips_are_all_caught_and_none_reaches_a_restored_byte() 
             chunker: "fixed:64K".parse().unwrap(),
             ..Default::default()
         },
+        reuse: None,
     };
     write_snapshot(&regions, req, Arc::new(NoProgress), &|| 0)
         .await

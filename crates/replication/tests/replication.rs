@@ -80,6 +80,15 @@ async fn take(
     image: &Path,
     meta: SnapshotMeta,
 ) -> geosnap_replication::Result<geosnap_replication::writer::WriteOutcome> {
+    take_reusing(regions, image, meta, None).await
+}
+
+async fn take_reusing(
+    regions: &Regions,
+    image: &Path,
+    meta: SnapshotMeta,
+    reuse: Option<EncodedManifest>,
+) -> geosnap_replication::Result<geosnap_replication::writer::WriteOutcome> {
     let req = WriteRequest {
         image: image.to_path_buf(),
         meta,
@@ -87,6 +96,7 @@ async fn take(
             chunker: "fixed:64K".parse().unwrap(),
             ..Default::default()
         },
+        reuse,
     };
     write_snapshot(regions, req, Arc::new(NoProgress), &|| 2000).await
 }
@@ -625,4 +635,65 @@ async fn a_restore_keeps_only_its_own_chunks_of_a_shared_store_index() {
     .await
     .unwrap();
     assert!(same(&out, &dir.path().join("vm1.img")));
+}
+
+/// An earlier manifest offered for reuse (the image file looked unchanged) is taken only if
+/// sampled chunks of the image still hash to its ids and every store holds its chunks;
+/// otherwise the image is scanned, and every restore gives the image as it is now.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reused_manifest_is_checked_against_the_image_and_the_stores() {
+    let dir = tempfile::tempdir().unwrap();
+    let regions = regions(dir.path());
+    let img = image(dir.path(), 16 << 20);
+    let first = take(&regions, &img, meta(Backing::Image)).await.unwrap();
+    let first_id = first.header.meta.id;
+    let it = regions.get("it-1").unwrap().bucket(StoreKind::Main).clone();
+    let previous =
+        EncodedManifest::parse(it.get_manifest(&first_id, u64::MAX).await.unwrap()).unwrap();
+    let restored = |id: SnapshotId, from: &'static str| {
+        let (regions, out) = (&regions, dir.path().join(format!("{from}.out")));
+        async move {
+            restore(regions, id, Backing::Image, from, true, &out)
+                .await
+                .unwrap();
+            std::fs::read(&out).unwrap()
+        }
+    };
+
+    // Unchanged: reused, nothing uploaded, the same extents under a new snapshot.
+    let again = take_reusing(&regions, &img, meta(Backing::Image), Some(previous.clone()))
+        .await
+        .unwrap();
+    assert_eq!(again.reused, Some(first_id));
+    assert_eq!(again.uploaded_bytes, 0);
+    assert_eq!(again.header.chunk_count, first.header.chunk_count);
+    assert_eq!(again.header.data_bytes, first.header.data_bytes);
+    assert!(restored(again.header.meta.id, "de-1").await == std::fs::read(&img).unwrap());
+
+    // A store that lost its index (so holds nothing as far as a snapshot can tell): the
+    // image is scanned and that store gets every chunk again.
+    let nl = regions.get("nl-1").unwrap().bucket(StoreKind::Main).clone();
+    for m in nl
+        .list(&geosnap_replication::index::prefix())
+        .await
+        .unwrap()
+    {
+        nl.delete(&m.location).await.unwrap();
+    }
+    let rescanned = take_reusing(&regions, &img, meta(Backing::Image), Some(previous.clone()))
+        .await
+        .unwrap();
+    assert_eq!(rescanned.reused, None);
+    assert!(rescanned.uploaded_bytes > 0);
+    assert!(restored(rescanned.header.meta.id, "nl-1").await == std::fs::read(&img).unwrap());
+
+    // The same size with other content (as if the file's times had lied): sampled chunks
+    // no longer match, so it is scanned, and restores give the new content.
+    generate(&img, 16 << 20, Profile::Mixed, 99).unwrap();
+    let changed = take_reusing(&regions, &img, meta(Backing::Image), Some(previous))
+        .await
+        .unwrap();
+    assert_eq!(changed.reused, None);
+    assert!(changed.uploaded_bytes > 0);
+    assert!(restored(changed.header.meta.id, "it-1").await == std::fs::read(&img).unwrap());
 }
