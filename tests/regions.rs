@@ -363,3 +363,38 @@ fn manifests_above_the_memory_limit_go_through_temporary_files() {
         assert!(same(&out, &img), "second from {region} differs");
     }
 }
+
+/// Looking for a manifest to reuse only reads: a region that missed a snapshot (down while
+/// it was taken, back without `region heal`) is not handed that snapshot's manifest by the
+/// next snapshot's lookup, which would name chunks the region does not hold.
+#[test]
+fn looking_for_a_manifest_to_reuse_writes_nothing() {
+    let env = Env::new();
+    let img = env.image("a.img", 4 << 20, Profile::Mixed, 2);
+    env.ok(&["instance", "create", "vm", "--image", img.to_str().unwrap()]);
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    env.ok(&["region", "fail", "it-1", "--mode", "down"]);
+    let s1 = env.json(&["snapshot", "take", "vm", "--name", "s1"]);
+    assert_eq!(s1["state"], "degraded");
+    // The outage ends by itself: no replication job is queued.
+    std::fs::remove_file(env.data.join("simulator.json")).unwrap();
+    let s2 = env.json(&["snapshot", "take", "vm", "--name", "s2"]);
+    assert!(s2["reused_from"].is_null(), "{s2}");
+    let id = s1["id"].as_str().unwrap();
+    let in_it = env.store_files("regions/it-1/snapshots");
+    assert!(
+        in_it.iter().all(|p| !p.to_string_lossy().contains(id)),
+        "{in_it:?}"
+    );
+    let out = env.path("s2.img");
+    env.ok(&[
+        "restore",
+        "vm/s2",
+        "--to",
+        out.to_str().unwrap(),
+        "--region",
+        "it-1",
+        "--strict-region",
+    ]);
+    assert!(same(&out, &img));
+}

@@ -409,18 +409,26 @@ impl Catalog {
         })
     }
 
-    /// The newest available or degraded snapshot of `instance` taken from `source`.
+    /// The newest available or degraded snapshot of `instance` taken from `source`,
+    /// provided one of them that scanned the image (reused nothing) completed at or after
+    /// `scanned_since`.
     pub fn snapshot_from_source(
         &self,
         instance: &str,
         source: &str,
+        scanned_since: i64,
     ) -> Result<Option<SnapshotId>, Error> {
         let found = select(
             &self.conn,
             "finding a snapshot by source",
             "WHERE instance = ?1 AND source = ?2 AND state IN ('available', 'degraded')
+               AND EXISTS (SELECT 1 FROM snapshots AS scan
+                           WHERE scan.instance = ?1 AND scan.source = ?2
+                             AND scan.reused_from IS NULL
+                             AND scan.state IN ('available', 'degraded')
+                             AND scan.completed_at >= ?3)
              ORDER BY completed_at DESC, id DESC LIMIT 1",
-            params![instance, source],
+            params![instance, source, scanned_since],
         )?;
         Ok(found.first().map(|s| s.id))
     }

@@ -877,3 +877,39 @@ fn two_processes_claiming_at_once_each_job_is_claimed_exactly_once() {
         assert_eq!((job.state, job.attempts), (JobState::Done, 1), "{job:?}");
     }
 }
+
+/// A snapshot is offered for reuse only for its own instance and source, once completed,
+/// the newest first, and only while a full scan of that source is recent enough.
+#[test]
+fn snapshots_are_found_by_source_while_a_scan_of_it_is_recent() {
+    let (_d, cat) = catalog();
+    add_vm(&cat, "vm");
+    add_vm(&cat, "other");
+    let scanned = add_snap(&cat, "vm", "scanned");
+    let reused = add_snap(&cat, "vm", "reused");
+    let running = add_snap(&cat, "vm", "running");
+    let elsewhere = add_snap(&cat, "other", "x");
+    complete(&cat, &scanned, T0 + 10);
+    complete(&cat, &reused, T0 + 20);
+    complete(&cat, &elsewhere, T0 + 30);
+    cat.set_snapshot_source(&scanned, Some("S"), None).unwrap();
+    cat.set_snapshot_source(&reused, Some("S"), Some(&scanned))
+        .unwrap();
+    cat.set_snapshot_source(&running, Some("S"), None).unwrap();
+    cat.set_snapshot_source(&elsewhere, Some("S"), None)
+        .unwrap();
+    assert_eq!(cat.snapshot(&reused).unwrap().reused_from, Some(scanned));
+
+    // The newest completed one of this instance, while the scan is recent enough.
+    assert_eq!(
+        cat.snapshot_from_source("vm", "S", T0 + 10).unwrap(),
+        Some(reused)
+    );
+    // Only reuses since the cut-off: rescan.
+    assert_eq!(cat.snapshot_from_source("vm", "S", T0 + 11).unwrap(), None);
+    assert_eq!(cat.snapshot_from_source("vm", "T", T0).unwrap(), None);
+    // Gone with its snapshot.
+    cat.delete_snapshot(&scanned).unwrap();
+    assert_eq!(cat.snapshot_from_source("vm", "S", T0).unwrap(), None);
+    assert!(cat.set_snapshot_source(&scanned, Some("S"), None).is_err());
+}

@@ -264,7 +264,7 @@ impl Geosnap {
                 // Taken before the image is read: a write during the scan changes it.
                 let source = source_stamp(&image);
                 let reuse = match &source {
-                    Some(s) => self.reusable(&snap.instance, s, &targets)?,
+                    Some(s) => self.reusable(&snap.instance, s, &targets),
                     None => None,
                 };
                 let options = SnapshotOptions {
@@ -277,7 +277,7 @@ impl Geosnap {
                     ..snap_meta(snap)
                 };
                 let req = WriteRequest {
-                    image,
+                    image: image.clone(),
                     meta,
                     options,
                     reuse,
@@ -287,6 +287,8 @@ impl Geosnap {
                 let now = move || clock.now();
                 let out = self.block_on(write_snapshot(&self.regions, req, progress, &now))?;
                 let reused = out.reused;
+                // Recorded only if the file is still the one stamped, unchanged.
+                let source = source.filter(|s| source_stamp(&image).as_ref() == Some(s));
                 (
                     out.header,
                     out.replicas,
@@ -297,30 +299,48 @@ impl Geosnap {
         };
         geosnap_engine::failpoint::hit("snapshot-before-catalog");
         self.commit_snapshot(&header, &replicas, stored)?;
-        if let Some((source, reused)) = source {
-            self.catalog
-                .set_snapshot_source(&id, source.as_deref(), reused.as_ref())?;
+        // Only an optimisation and a note from here: the snapshot is committed whatever
+        // becomes of them.
+        if let Some((source, reused)) = source
+            && let Err(e) =
+                self.catalog
+                    .set_snapshot_source(&id, source.as_deref(), reused.as_ref())
+        {
+            tracing::warn!(snapshot = %id, error = %e, "could not record the snapshot's source");
         }
         Ok(())
     }
 
     /// The manifest of the newest snapshot of `instance` taken from the same, unchanged
-    /// image file (`source`), read from the first target store that has it; `None` if there
-    /// is none or no store answers (the snapshot then scans the image).
+    /// image file (`source`), if a full scan of it was taken in the last
+    /// [`RESCAN_AFTER_SECS`], read from the first target store that has a good copy
+    /// (read only: nothing is repaired from here); `None` if there is none, or anything
+    /// fails (the snapshot then scans the image).
     fn reusable(
         &self,
         instance: &str,
         source: &str,
         targets: &[geosnap_replication::Bucket],
-    ) -> Result<Option<geosnap_engine::manifest::EncodedManifest>> {
-        let Some(previous) = self.catalog.snapshot_from_source(instance, source)? else {
-            return Ok(None);
+    ) -> Option<geosnap_engine::manifest::EncodedManifest> {
+        let since = self.now() - RESCAN_AFTER_SECS;
+        let previous = match self.catalog.snapshot_from_source(instance, source, since) {
+            Ok(p) => p?,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot look for a snapshot to reuse; scanning");
+                return None;
+            }
         };
         let memory = self.regions.tuning.manifest_memory;
-        Ok(self
-            .block_on(fetch_manifest(targets, &previous, memory))
-            .ok()
-            .map(|(m, _)| m))
+        self.block_on(async {
+            for t in targets {
+                if let Ok(m) = t.read_manifest(&previous, memory).await
+                    && m.header().meta.id == previous
+                {
+                    return Some(m);
+                }
+            }
+            None
+        })
     }
 
     /// Records a written snapshot: completion, replicas, and replication jobs for the
@@ -416,34 +436,115 @@ pub(crate) fn snap_meta(s: &geosnap_catalog::Snapshot) -> geosnap_engine::manife
 }
 
 /// How long before a snapshot an image file must have last changed for its times to be
-/// trusted: a write within the same clock tick as the `stat` (coarse on some filesystems,
-/// two seconds on FAT) could leave them as they were.
+/// trusted: a write within the same clock tick as the `stat` (coarse on some filesystems)
+/// could leave them as they were.
 const SOURCE_SETTLED_NS: i128 = 2_000_000_000;
 
-/// The identity, size and times of a regular image file (device, inode, size, mtime and
-/// ctime in nanoseconds), if they can be trusted to change when its content does: `None`
-/// for block devices and other non-files, and for a file changed in the last two seconds.
-/// ctime cannot be set back by `touch` or `utimensat`, so content written with its mtime
-/// restored still changes the stamp.
+/// A snapshot reuses an earlier manifest only if the same file was fully scanned within
+/// this long: whatever a stamp misses, a day's snapshots at most repeat it.
+pub const RESCAN_AFTER_SECS: i64 = 24 * 3600;
+
+/// Filesystems whose inode change time is kept by the kernel and cannot be set from user
+/// space (ext2/3/4, XFS, Btrfs, ZFS, F2FS, tmpfs). Elsewhere (FAT, network and FUSE
+/// filesystems, whose times may come from another clock or not exist) a file is always
+/// scanned.
+const TRUSTED_FILESYSTEMS: [i64; 6] = [
+    0xEF53,
+    0x5846_5342,
+    0x9123_683E,
+    0x2FC1_2FC1,
+    0xF2F5_2010,
+    0x0102_1994,
+];
+
+/// The identity, size and times of an image file, with this boot's id (device, inode,
+/// size, mtime and ctime in nanoseconds), if they can be trusted to change when its
+/// content does: `None` for block devices and other non-files, for files on other
+/// filesystems than [`TRUSTED_FILESYSTEMS`], for a file some process on this host has open
+/// for writing (a running VM: writes through a shared mapping, or still in flight, need
+/// not touch the times at once), and for a file changed in the last two seconds. ctime
+/// cannot be set back by `touch` or `utimensat`, so content written with its mtime
+/// restored still changes the stamp; the boot id makes every stamp new after a reboot,
+/// since a crash can lose a time update whose data was already durable.
 pub fn source_stamp(path: &std::path::Path) -> Option<String> {
-    use std::os::unix::fs::MetadataExt;
-    let m = std::fs::metadata(path).ok()?;
-    if !m.is_file() {
+    let file = std::fs::File::open(path).ok()?;
+    let m = file.metadata().ok()?;
+    if !m.is_file() || !trusted_filesystem(&file) || open_for_writing(&file) {
         return None;
     }
-    let ns = |secs: i64, nanos: i64| i128::from(secs) * 1_000_000_000 + i128::from(nanos);
-    let (mtime, ctime) = (ns(m.mtime(), m.mtime_nsec()), ns(m.ctime(), m.ctime_nsec()));
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .ok()?
         .as_nanos() as i128;
-    if now - mtime.max(ctime) < SOURCE_SETTLED_NS {
+    stamp(&m, boot.trim(), now)
+}
+
+/// [`source_stamp`]'s text for metadata `m` read at `now` (ns) during boot `boot`.
+fn stamp(m: &impl std::os::unix::fs::MetadataExt, boot: &str, now: i128) -> Option<String> {
+    let ns = |secs: i64, nanos: i64| i128::from(secs) * 1_000_000_000 + i128::from(nanos);
+    let (mtime, ctime) = (ns(m.mtime(), m.mtime_nsec()), ns(m.ctime(), m.ctime_nsec()));
+    if boot.is_empty() || now - mtime.max(ctime) < SOURCE_SETTLED_NS {
         return None;
     }
     Some(format!(
-        "{}:{}:{}:{mtime}:{ctime}",
+        "{boot}:{}:{}:{}:{mtime}:{ctime}",
         m.dev(),
         m.ino(),
         m.size()
     ))
+}
+
+fn trusted_filesystem(file: &std::fs::File) -> bool {
+    use std::os::fd::AsRawFd;
+    // SAFETY: fstatfs writes one statfs into `s` for a descriptor that is open.
+    let mut s: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstatfs(file.as_raw_fd(), &mut s) } != 0 {
+        return false;
+    }
+    TRUSTED_FILESYSTEMS.contains(&(s.f_type as i64))
+}
+
+/// Whether any process on this host may have the file open for writing: a read lease is
+/// refused (EAGAIN) while one does. Taken and dropped at once; where leases cannot be
+/// taken at all (not the file's owner, leases disabled) the answer is yes.
+fn open_for_writing(file: &std::fs::File) -> bool {
+    use std::os::fd::AsRawFd;
+    let fd = file.as_raw_fd();
+    // SAFETY: F_SETLEASE on a descriptor that is open; the lease is dropped before the
+    // descriptor closes.
+    unsafe {
+        if libc::fcntl(fd, libc::F_SETLEASE, libc::F_RDLCK) != 0 {
+            return true;
+        }
+        libc::fcntl(fd, libc::F_SETLEASE, libc::F_UNLCK);
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A stamp names the boot, so a file whose time update a crash lost is not trusted
+    /// after the reboot; a file changed less than two seconds ago is not trusted at all.
+    #[test]
+    fn stamps_change_with_the_boot_and_wait_for_the_file_to_settle() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("img");
+        std::fs::write(&path, b"data").unwrap();
+        let m = std::fs::metadata(&path).unwrap();
+        let changed = {
+            use std::os::unix::fs::MetadataExt;
+            i128::from(m.ctime()) * 1_000_000_000 + i128::from(m.ctime_nsec())
+        };
+        assert_eq!(stamp(&m, "boot-a", changed + 1_999_999_999), None);
+        let a = stamp(&m, "boot-a", changed + SOURCE_SETTLED_NS).unwrap();
+        let b = stamp(&m, "boot-b", changed + SOURCE_SETTLED_NS).unwrap();
+        assert_ne!(a, b);
+        assert_eq!(stamp(&m, "", changed + SOURCE_SETTLED_NS), None);
+        // Fresh from the write: no stamp from the real function either.
+        assert_eq!(source_stamp(&path), None);
+        assert_eq!(source_stamp(dir.path()), None);
+    }
 }
