@@ -234,13 +234,23 @@ impl Geosnap {
                 }
             }
             if holders.is_empty() {
-                return None;
+                return Ok(None);
             }
-            let m = fetch_manifest(&holders, &id, self.regions.tuning.manifest_memory)
-                .await
-                .ok()?;
-            Some((m.0.header().clone(), holders))
-        });
+            // Some store holds it but cannot hand it over now (unreachable, or no room for
+            // the temporary file): fail this attempt and let the job be retried rather
+            // than write the snapshot again under the same id. Copies that are all damaged
+            // are written over by a new attempt.
+            match fetch_manifest(&holders, &id, self.regions.tuning.manifest_memory).await {
+                Ok((m, _)) => Ok(Some((m.header().clone(), holders))),
+                Err(e)
+                    if e.is_local()
+                        || matches!(e, geosnap_replication::Error::RegionUnavailable { .. }) =>
+                {
+                    Err(Error::from(e))
+                }
+                Err(_) => Ok(None),
+            }
+        })?;
         let (header, replicas, stored, source) = match adopted {
             Some((m, holders)) => {
                 let replicas = targets

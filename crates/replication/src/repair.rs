@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use bytes::Bytes;
 use futures::StreamExt;
-use geosnap_engine::manifest::{Backing, Extent, ManifestView};
+use geosnap_engine::manifest::{Backing, EncodedManifest, Extent, ManifestView};
 use geosnap_engine::{ChunkId, SnapshotId};
 use serde::Serialize;
 
@@ -167,7 +167,17 @@ pub async fn replicate_snapshot(
             report.copied_bytes = bytes;
         }
         let key = layout::manifest(id);
-        if !target.exists(&key).await? {
+        // A copy the target already has must be this very manifest: an earlier attempt of
+        // the snapshot may have left it another one (or a damaged one) there.
+        let same = match target
+            .read_manifest(id, regions.tuning.manifest_memory)
+            .await
+        {
+            Ok(held) => held.header() == manifest.header() && same_checksum(&held, &manifest)?,
+            Err(e) if e.is_local() => return Err(e),
+            Err(_) => false,
+        };
+        if !same {
             target.put_manifest(id, manifest.bytes()).await?;
             report.manifest_written = true;
         }
@@ -181,6 +191,16 @@ pub async fn replicate_snapshot(
         Ok(report)
     })
     .await
+}
+
+/// Whether two checked manifests end in the same checksum (so hold the same bytes).
+fn same_checksum(a: &EncodedManifest, b: &EncodedManifest) -> Result<bool> {
+    let sum = |m: &EncodedManifest| -> Result<[u8; 32]> {
+        let mut s = [0u8; 32];
+        m.bytes().read_exact_at(&mut s, m.bytes().len() - 32)?;
+        Ok(s)
+    };
+    Ok(a.bytes().len() == b.bytes().len() && sum(a)? == sum(b)?)
 }
 
 fn chunk_lengths(m: &impl ManifestView) -> Result<BTreeMap<ChunkId, usize>> {

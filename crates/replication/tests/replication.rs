@@ -697,3 +697,37 @@ async fn a_reused_manifest_is_checked_against_the_image_and_the_stores() {
     assert!(changed.uploaded_bytes > 0);
     assert!(restored(changed.header.meta.id, "it-1").await == std::fs::read(&img).unwrap());
 }
+
+/// Replication makes the target hold the very manifest the other regions hold: a different
+/// one left under the same id (an earlier attempt of the snapshot) or a damaged one is
+/// written over, an identical one is left alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replication_replaces_a_different_manifest_under_the_same_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let regions = regions(dir.path());
+    let img = image(dir.path(), 8 << 20);
+    let a = take(&regions, &img, meta(Backing::Image)).await.unwrap();
+    let b = take(&regions, &img, meta(Backing::Image)).await.unwrap();
+    let (a_id, b_id) = (a.header.meta.id, b.header.meta.id);
+    let bucket = |name: &str| regions.get(name).unwrap().bucket(StoreKind::Main).clone();
+    let raw = |name: &'static str, id: SnapshotId| {
+        let b = bucket(name);
+        async move { b.get(&layout::manifest(&id)).await.unwrap() }
+    };
+    let good = raw("it-1", b_id).await;
+    for stale in [raw("nl-1", a_id).await, {
+        let mut v = good.to_vec();
+        v[40] ^= 1;
+        bytes::Bytes::from(v)
+    }] {
+        bucket("nl-1")
+            .put(&layout::manifest(&b_id), stale)
+            .await
+            .unwrap();
+        let report = replicate_snapshot(&regions, &b_id, "nl-1").await.unwrap();
+        assert!(report.manifest_written);
+        assert_eq!(raw("nl-1", b_id).await, good);
+    }
+    let again = replicate_snapshot(&regions, &b_id, "nl-1").await.unwrap();
+    assert!(!again.manifest_written);
+}
