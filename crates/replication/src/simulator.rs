@@ -355,9 +355,16 @@ impl<T: ObjectStore> ObjectStore for FaultyStore<T> {
         let range = result.range.clone();
         let attributes = result.attributes.clone();
         let extensions = result.extensions.clone();
-        // One draw per object; a corrupted one is read whole to flip a bit in it, any other
-        // streams through piece by piece (a large manifest must not be held whole).
-        let payload = if self.faults.draw(self.faults.config().corrupt_rate) {
+        // One draw per object; a corrupted one is read whole to flip a bit in it. Without a
+        // bandwidth to shape, anything else is handed back as the store gave it (a local
+        // file stays a file, read in one go by `bytes()` or streamed by the caller); with
+        // one, it streams through piece by piece, each piece crossing the shaped link (a
+        // large manifest is never held whole either way).
+        let corrupt = self.faults.draw(self.faults.config().corrupt_rate);
+        if !corrupt && self.faults.config().bandwidth == 0 {
+            return Ok(result);
+        }
+        let payload = if corrupt {
             let data = result.bytes().await?;
             self.faults.transfer(data.len()).await;
             let data = self.faults.flip_a_bit(data);
