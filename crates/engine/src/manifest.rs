@@ -332,10 +332,7 @@ impl ExtentLog {
     /// An empty log in the system's temporary directory.
     pub fn new(chunker: ChunkerParams) -> Result<ExtentLog, Error> {
         let checker = Checker::new(&chunker, None)?;
-        let file = tempfile::tempfile().map_err(|source| Error::Spill {
-            action: "write",
-            source,
-        })?;
+        let file = tempfile::tempfile().map_err(write_err)?;
         Ok(ExtentLog {
             chunker,
             out: BufWriter::with_capacity(1 << 16, file),
@@ -350,12 +347,7 @@ impl ExtentLog {
         self.checker.push(e)?;
         self.scratch.clear();
         encode_extent(&mut self.scratch, e);
-        self.out
-            .write_all(&self.scratch)
-            .map_err(|source| Error::Spill {
-                action: "write",
-                source,
-            })
+        self.out.write_all(&self.scratch).map_err(write_err)
     }
 
     /// Extents appended so far.
@@ -387,14 +379,11 @@ impl ExtentLog {
             chunk_count: self.checker.chunks,
         };
         self.checker.finish(&header)?;
-        let spill = |source| Error::Spill {
-            action: "read",
-            source,
-        };
-        let mut file = self.out.into_inner().map_err(|e| Error::Spill {
-            action: "write",
-            source: e.into_error(),
-        })?;
+        let spill = read_err;
+        let mut file = self
+            .out
+            .into_inner()
+            .map_err(|e| write_err(e.into_error()))?;
         let body = file.stream_position().map_err(spill)?;
         file.rewind().map_err(spill)?;
         let prefix = encode_prefix(&header, self.checker.count, 0)?;
@@ -558,6 +547,13 @@ fn walk(
 fn read_err(source: std::io::Error) -> Error {
     Error::Spill {
         action: "read",
+        source,
+    }
+}
+
+fn write_err(source: std::io::Error) -> Error {
+    Error::Spill {
+        action: "write",
         source,
     }
 }
@@ -731,10 +727,7 @@ pub struct Spool {
 impl Spool {
     /// An empty spool in the system's temporary directory.
     pub fn new() -> Result<Spool, Error> {
-        let file = tempfile::tempfile().map_err(|source| Error::Spill {
-            action: "write",
-            source,
-        })?;
+        let file = tempfile::tempfile().map_err(write_err)?;
         Ok(Spool {
             out: BufWriter::with_capacity(1 << 20, file),
             len: 0,
@@ -743,20 +736,17 @@ impl Spool {
 
     /// Appends bytes.
     pub fn write(&mut self, bytes: &[u8]) -> Result<(), Error> {
-        self.out.write_all(bytes).map_err(|source| Error::Spill {
-            action: "write",
-            source,
-        })?;
+        self.out.write_all(bytes).map_err(write_err)?;
         self.len += bytes.len() as u64;
         Ok(())
     }
 
     /// The bytes written.
     pub fn finish(self) -> Result<ManifestBytes, Error> {
-        let file = self.out.into_inner().map_err(|e| Error::Spill {
-            action: "write",
-            source: e.into_error(),
-        })?;
+        let file = self
+            .out
+            .into_inner()
+            .map_err(|e| write_err(e.into_error()))?;
         Ok(ManifestBytes::File(Arc::new(SpoolFile {
             file,
             len: self.len,

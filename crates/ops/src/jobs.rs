@@ -477,6 +477,10 @@ const TRUSTED_FILESYSTEMS: [i64; 6] = [
 /// restored still changes the stamp; the boot id makes every stamp new after a reboot,
 /// since a crash can lose a time update whose data was already durable.
 pub fn source_stamp(path: &std::path::Path) -> Option<String> {
+    // Asked before opening: opening a FIFO would wait for a writer.
+    if !std::fs::metadata(path).ok()?.is_file() {
+        return None;
+    }
     let file = std::fs::File::open(path).ok()?;
     let m = file.metadata().ok()?;
     if !m.is_file() || !trusted_filesystem(&file) || open_for_writing(&file) {

@@ -315,9 +315,7 @@ impl Bucket {
         .map_err(|e| self.err(e))?;
         Ok(got?)
     }
-}
 
-impl Bucket {
     /// Gives up a multipart upload; a store that cannot be told (it is down) keeps the
     /// parts until its own clean-up (an S3 lifecycle rule, `docs/deploy.md`).
     async fn abort_upload(&self, w: WriteMultipart, key: &Path) {

@@ -156,7 +156,8 @@ async fn sweep(b: &Bucket, opts: &GcOptions, report: &mut GcReport) -> Result<()
     for id in b.snapshot_ids().await? {
         let m = match b.read_manifest(&id, opts.manifest_memory).await {
             Ok(m) => m,
-            Err(Error::Engine(e)) if !matches!(e, geosnap_engine::Error::Spill { .. }) => {
+            Err(e) if e.is_local() => return Err(e),
+            Err(Error::Engine(e)) => {
                 return Err(Error::Engine(geosnap_engine::Error::ManifestCorrupt(
                     format!(
                         "gc stopped in {b}: manifest of {id} does not decode, so its chunks cannot \

@@ -164,13 +164,9 @@ pub async fn write_snapshot(
             let image = Image::open(&image)?;
             if let Some(previous) = reuse {
                 // Every store still writing must hold every chunk.
-                let all = sink
-                    .targets
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, t)| t.active())
-                    .fold(0, |bits, (i, _)| bits | target_bit(i));
-                let held = |id: &ChunkId| sink.held.get(id).is_some_and(|b| b & all == all);
+                let held = |id: &ChunkId| {
+                    (0..sink.targets.len()).all(|i| !sink.targets[i].active() || sink.holds(i, id))
+                };
                 let seed = u64::from_le_bytes(id.0[8..].try_into().unwrap_or_default());
                 match reuse_manifest(&previous, &image, options.chunker, seed, held, &*progress) {
                     Ok(Some(scanned)) => return Ok((scanned, Some(previous.header().meta.id))),
@@ -256,10 +252,17 @@ pub async fn write_snapshot(
     let mut meta = req.meta.clone();
     meta.completed_at = now();
     // Encoded from the scan's extent log now that the scan's buffers are gone.
-    let (header, encoded) =
-        scanned
-            .extents
-            .finish(meta, scanned.stats.image_size, tuning.manifest_memory)?;
+    let finished = scanned
+        .extents
+        .finish(meta, scanned.stats.image_size, tuning.manifest_memory);
+    let (header, encoded) = match finished {
+        Ok(f) => f,
+        Err(e) => {
+            // No manifest anywhere; the markers go too, so gc need not wait for their TTL.
+            cleanup(&targets, &id, false).await;
+            return Err(e.into());
+        }
+    };
     futures::future::join_all(targets.iter().filter(|t| t.active()).map(|t| {
         let encoded = &encoded;
         async move {
