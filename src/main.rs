@@ -66,10 +66,10 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
 /// And a fixed mmap threshold just above the 1 MiB restore span: glibc otherwise raises
 /// it to the largest block freed (the 8 MiB image windows), after which the 2 MiB bounce
 /// buffers of direct writes and other large, short-lived blocks are carved out of the
-/// arenas and leave them fragmented (peak RSS of an 8 GiB snapshot 224–304 MiB over five
-/// runs with the default, 164–192 MiB with this, same time). Fixing it also fixes the trim
+/// arenas and leave them fragmented (peak RSS of an 8 GiB snapshot 218–297 MiB over six
+/// runs with the default, 160–187 MiB with this, same time). Fixing it also fixes the trim
 /// threshold, at 128 KiB unless set: freed memory then goes back to the kernel at once and
-/// is faulted in again (a 2 GiB restore: 230,000 page faults instead of 27,000, 0.2 s
+/// is faulted in again (a 2 GiB restore: 200,000–260,000 page faults instead of 27,000, 0.2 s
 /// more), so it is set to 64 MiB.
 fn limit_malloc_arenas() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
