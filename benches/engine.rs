@@ -3,7 +3,7 @@
 
 use std::hint::black_box;
 
-use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group};
 use geosnap_engine::chunker::ChunkerParams;
 use geosnap_engine::codec::{Decoder, Encoder};
 use geosnap_engine::image::Image;
@@ -159,4 +159,9 @@ fn pipeline(c: &mut Criterion) {
 }
 
 criterion_group!(benches, zero, read, sha256, zstd, chunkers, pipeline);
-criterion_main!(benches);
+fn main() {
+    // The allocator settings the binary runs with, so the pipeline is measured as it runs.
+    geosnap_engine::malloc::tune();
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{Criterion, Throughput, criterion_group};
 use geosnap_engine::imagegen::{Profile, generate};
 use geosnap_engine::manifest::{Backing, SnapshotMeta};
 use geosnap_engine::{NoProgress, SnapshotId};
@@ -94,4 +94,9 @@ fn bench(c: &mut Criterion) {
 }
 
 criterion_group!(benches, bench);
-criterion_main!(benches);
+fn main() {
+    // The allocator settings the binary runs with, so the pipeline is measured as it runs.
+    geosnap_engine::malloc::tune();
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

@@ -24,7 +24,7 @@ use output::{Out, duration, rate, size, table, time};
 use progress::Terminal;
 
 fn main() -> ExitCode {
-    limit_malloc_arenas();
+    geosnap_engine::malloc::tune();
     let cli = Cli::parse();
     init_tracing(cli.verbose, cli.quiet);
     match run(cli) {
@@ -56,30 +56,6 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
         c.downcast_ref::<io::Error>()
             .is_some_and(|io| io.kind() == io::ErrorKind::BrokenPipe)
     })
-}
-
-/// Two malloc arenas instead of glibc's eight per core: the restore's and the snapshot's
-/// worker threads hand buffers to each other, and with an arena per thread the freed
-/// memory piles up (peak RSS of a 2 GiB restore: 176 MiB with the default, 137 MiB with
-/// two; no measurable change in time; `docs/benchmarks.md`).
-///
-/// And a fixed mmap threshold just above the 1 MiB restore span: glibc otherwise raises
-/// it to the largest block freed (the 8 MiB image windows), after which the 2 MiB bounce
-/// buffers of direct writes and other large, short-lived blocks are carved out of the
-/// arenas and leave them fragmented (peak RSS of an 8 GiB snapshot 218–297 MiB over six
-/// runs with the default, 160–187 MiB with this, same time). Fixing it also fixes the trim
-/// threshold, at 128 KiB unless set: freed memory then goes back to the kernel at once and
-/// is faulted in again (a 2 GiB restore: 200,000–260,000 page faults instead of 27,000, 0.2 s
-/// more), so it is set to 64 MiB.
-fn limit_malloc_arenas() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only sets allocator parameters; called first thing in main, before
-    // any other thread exists.
-    unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, 2);
-        libc::mallopt(libc::M_MMAP_THRESHOLD, (1 << 20) + (64 << 10));
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 64 << 20);
-    }
 }
 
 fn init_tracing(verbose: u8, quiet: bool) {

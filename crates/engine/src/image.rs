@@ -103,18 +103,26 @@ impl Image {
     pub fn read_into(&self, pos: u64, len: usize, buf: &mut Vec<u8>) -> Result<(), Error> {
         let start = buf.len();
         buf.resize(start + len, 0);
-        let end = pos + len as u64;
+        self.read_at(pos, &mut buf[start..])
+    }
+
+    /// Fills `dst` with the image bytes from `pos` on: data is read, holes are zeroed, so
+    /// whatever `dst` held before is overwritten (a reused buffer need not be cleared).
+    pub fn read_at(&self, pos: u64, dst: &mut [u8]) -> Result<(), Error> {
+        let end = pos + dst.len() as u64;
         let mut p = pos;
         while p < end {
             let d = match self.next_data(p)? {
                 Some(d) if d < end => d,
-                _ => break,
+                _ => end,
             };
+            dst[(p - pos) as usize..(d - pos) as usize].fill(0);
+            if d == end {
+                break;
+            }
             let h = self.next_hole(d)?.min(end);
-            let from = start + (d - pos) as usize;
-            let to = start + (h - pos) as usize;
             self.file
-                .read_exact_at(&mut buf[from..to], d)
+                .read_exact_at(&mut dst[(d - pos) as usize..(h - pos) as usize], d)
                 .map_err(|e| self.changed(e))?;
             p = h;
         }
@@ -126,5 +134,43 @@ impl Image {
             path: self.path.clone(),
             source,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reused_buffer_is_overwritten_with_data_and_zeroed_over_holes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sparse.img");
+        // data, a 1 MiB hole, data, and a hole up to the end.
+        let f = File::create(&path).unwrap();
+        f.write_all_at(&[7u8; 4096], 0).unwrap();
+        f.write_all_at(&[9u8; 4096], (1 << 20) + 4096).unwrap();
+        f.set_len(3 << 20).unwrap();
+        drop(f);
+        let image = Image::open(&path).unwrap();
+        let expect = std::fs::read(&path).unwrap();
+        // Every window placement, into a buffer full of stale bytes.
+        for (pos, len) in [
+            (0, 3 << 20),
+            (100, 8192),
+            (4096, 1 << 20),
+            ((1 << 20) + 8000, 5000),
+        ] {
+            let mut buf = vec![0xAAu8; len];
+            image.read_at(pos, &mut buf).unwrap();
+            assert!(
+                buf == expect[pos as usize..pos as usize + len],
+                "window at {pos} of {len}"
+            );
+        }
+        // And appended to a buffer that already holds something.
+        let mut buf = b"carry".to_vec();
+        image.read_into(4090, 16, &mut buf).unwrap();
+        assert_eq!(&buf[..5], b"carry");
+        assert_eq!(buf[5..], expect[4090..4106]);
     }
 }

@@ -47,6 +47,7 @@ pub mod codec;
 pub mod failpoint;
 pub mod image;
 pub mod imagegen;
+pub mod malloc;
 pub mod manifest;
 pub mod restore;
 pub mod scanner;
@@ -55,5 +56,7 @@ pub mod store;
 pub mod zero;
 
 pub use error::Error;
-pub use id::{ChunkFilter, ChunkId, IdBuild, IdHasher, IdMap, IdSet, ParseIdError, SnapshotId};
+pub use id::{
+    ChunkFilter, ChunkId, IdBuild, IdHasher, IdMap, IdSet, ParseIdError, RecentIds, SnapshotId,
+};
 pub use progress::{NoProgress, Progress};

@@ -344,7 +344,8 @@ fn read_image(
         }
         let n = (window as u64).min(size - pos) as usize;
         let mut buf = scanner.take_buffer(n);
-        image.read_into(pos, n, &mut buf)?;
+        let room = buf.len() - n;
+        image.read_at(pos, &mut buf[room..])?;
         pos += n as u64;
         scanner.push(buf, pos == size, &mut emit);
     }
