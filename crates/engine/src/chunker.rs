@@ -101,6 +101,14 @@ impl ChunkerParams {
         }
     }
 
+    /// The size most chunks have: the fixed size, or CDC's average.
+    pub fn typical_chunk(&self) -> u64 {
+        match *self {
+            ChunkerParams::Fixed { size } => u64::from(size),
+            ChunkerParams::Cdc { avg, .. } => u64::from(avg),
+        }
+    }
+
     /// A cutter for these (validated) parameters.
     pub fn cutter(&self) -> Cutter {
         match *self {

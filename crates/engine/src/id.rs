@@ -103,6 +103,112 @@ impl ChunkFilter {
     }
 }
 
+/// The chunk ids a snapshot has claimed, remembered in a fixed amount of memory: a table
+/// of 8-way buckets sized once from the image, at most [`RecentIds::MAX_BYTES`], each id
+/// with two candidate buckets. While the image's chunks fit (load at most one half) every
+/// id stays; beyond that, an id whose two buckets are full takes the place of an older one.
+///
+/// Forgetting is safe, remembering wrongly is not: a forgotten id only makes a later copy of
+/// the same chunk in the image be stored again (dedup inside one image gets weaker), while
+/// an id reported as seen and never stored would be lost. So [`RecentIds::insert`] compares
+/// whole ids and answers `false` only for an id it holds. An exact set would grow with the
+/// image: 48 to 96 bytes per chunk, 3 to 6 GiB for the first snapshot of a 1 TiB image.
+#[derive(Clone, Debug)]
+pub struct RecentIds {
+    /// `WAYS` slots per bucket; the all-zero id marks an empty slot.
+    slots: Vec<ChunkId>,
+    /// Whether the all-zero id itself was inserted (it cannot be stored in a slot).
+    zero: bool,
+    forgotten: u64,
+}
+
+impl RecentIds {
+    const WAYS: usize = 8;
+    const EMPTY: ChunkId = ChunkId([0; 32]);
+    /// Most memory a table takes: 262,144 ids, a 4 GiB image's worth of 16 KiB chunks at
+    /// half load.
+    pub const MAX_BYTES: usize = 8 << 20;
+
+    /// A table for about `chunks` ids: twice that many slots (a power of two, at least one
+    /// bucket), capped at [`RecentIds::MAX_BYTES`].
+    pub fn for_chunks(chunks: u64) -> RecentIds {
+        let most = (Self::MAX_BYTES / std::mem::size_of::<ChunkId>()) as u64;
+        let slots = chunks
+            .saturating_mul(2)
+            .clamp(Self::WAYS as u64, most)
+            .next_power_of_two()
+            .min(most);
+        RecentIds {
+            slots: vec![Self::EMPTY; slots as usize],
+            zero: false,
+            forgotten: 0,
+        }
+    }
+
+    /// Adds `id`; `false` if it was already there (then it surely was inserted before),
+    /// `true` if it is new or was forgotten.
+    pub fn insert(&mut self, id: ChunkId) -> bool {
+        if id == Self::EMPTY {
+            return !std::mem::replace(&mut self.zero, true);
+        }
+        if self.contains(&id) {
+            return false;
+        }
+        let (b1, b2) = self.buckets(&id);
+        let free = |slots: &[ChunkId], b: usize| {
+            let bucket = &slots[b..b + Self::WAYS];
+            bucket.iter().filter(|s| **s == Self::EMPTY).count()
+        };
+        let b = if free(&self.slots, b2) > free(&self.slots, b1) {
+            b2
+        } else {
+            b1
+        };
+        let bucket = &mut self.slots[b..b + Self::WAYS];
+        match bucket.iter_mut().find(|s| **s == Self::EMPTY) {
+            Some(slot) => *slot = id,
+            None => {
+                // Both full: the victim is picked by the id, so which ids stay does not
+                // depend on the order workers insert them in.
+                bucket[id.0[8] as usize % Self::WAYS] = id;
+                self.forgotten += 1;
+            }
+        }
+        true
+    }
+
+    /// Whether `id` is held (inserted and not forgotten since).
+    pub fn contains(&self, id: &ChunkId) -> bool {
+        if *id == Self::EMPTY {
+            return self.zero;
+        }
+        let (b1, b2) = self.buckets(id);
+        self.slots[b1..b1 + Self::WAYS].contains(id) || self.slots[b2..b2 + Self::WAYS].contains(id)
+    }
+
+    /// The first slots of `id`'s two candidate buckets (the emptier one takes a new id):
+    /// with two choices a bucket overflows only when the table is nearly full, not by bad
+    /// luck at half load.
+    fn buckets(&self, id: &ChunkId) -> (usize, usize) {
+        let mask = self.slots.len() / Self::WAYS - 1;
+        let word = |i: usize| u64::from_le_bytes(id.0[i..i + 8].try_into().unwrap_or([0; 8]));
+        (
+            (word(0) as usize & mask) * Self::WAYS,
+            (word(16) as usize & mask) * Self::WAYS,
+        )
+    }
+
+    /// Ids pushed out of a full bucket so far.
+    pub fn forgotten(&self) -> u64 {
+        self.forgotten
+    }
+
+    /// Bytes the table holds.
+    pub fn size(&self) -> usize {
+        self.slots.len() * std::mem::size_of::<ChunkId>()
+    }
+}
+
 impl ChunkId {
     /// Hashes `data` (SHA-NI where the CPU has it).
     pub fn of(data: &[u8]) -> ChunkId {
@@ -232,6 +338,39 @@ fn unhex(s: &str, out: &mut [u8]) -> Option<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn recent_ids_never_claim_to_hold_an_id_they_were_not_given() {
+        let ids = |from: u32, to: u32| (from..to).map(|i| ChunkId::of(&i.to_le_bytes()));
+        // Sized for 1,000 chunks: all of them stay.
+        let mut r = RecentIds::for_chunks(1_000);
+        assert_eq!(r.size(), 2048 * 32);
+        assert!(ids(0, 1_000).all(|id| r.insert(id)));
+        assert!(ids(0, 1_000).all(|id| !r.insert(id)));
+        assert_eq!(r.forgotten(), 0);
+        let mut big = RecentIds::for_chunks(120_000);
+        assert!(ids(0, 120_000).all(|id| big.insert(id)));
+        assert!(ids(0, 120_000).all(|id| big.contains(&id)));
+        assert_eq!(big.forgotten(), 0);
+        // Ten times more than it was sized for: the table does not grow, it forgets, and
+        // never answers "seen" for an id it was not given.
+        let before = r.size();
+        assert!(ids(1_000, 20_000).all(|id| r.insert(id)));
+        assert_eq!(r.size(), before);
+        assert!(r.forgotten() > 10_000);
+        assert!(ids(20_000, 40_000).all(|id| r.insert(id)));
+        // What it still holds is exactly what it says it holds: the last ids inserted
+        // into each bucket.
+        let held = ids(0, 40_000).filter(|id| r.contains(id)).count();
+        assert!(held > 1_900 && held <= 2048, "{held}");
+        assert!(ids(40_000, 60_000).all(|id| !r.contains(&id)));
+        // The all-zero id, the table's empty mark, is remembered too.
+        assert!(r.insert(ChunkId([0; 32])));
+        assert!(!r.insert(ChunkId([0; 32])));
+        // The cap.
+        assert_eq!(RecentIds::for_chunks(u64::MAX).size(), RecentIds::MAX_BYTES);
+        assert_eq!(RecentIds::for_chunks(0).size(), 8 * 32);
+    }
 
     #[test]
     fn a_chunk_filter_has_no_false_negatives_and_few_false_positives() {

@@ -131,10 +131,13 @@ pub async fn write_snapshot(
         return Err(e);
     }
 
+    // Sized for the image's chunks, capped: an unreadable image fails in the scan below.
+    let image_size = Image::open(&req.image).map_or(0, |i| i.size());
+    let chunks = image_size / req.options.chunker.typical_chunk().max(1);
     let sink = Arc::new(Sink {
         targets: targets.clone(),
         held,
-        claimed: Mutex::default(),
+        claimed: Mutex::new(geosnap_engine::RecentIds::for_chunks(chunks)),
         handle: Handle::current(),
         quorum,
         tuning,
@@ -184,6 +187,14 @@ pub async fn write_snapshot(
         t.close();
     }
     reporter.abort();
+    if let Ok(c) = sink.claimed.lock()
+        && c.forgotten() > 0
+    {
+        tracing::info!(
+            forgotten = c.forgotten(),
+            "the snapshot claimed more chunks than its claim table holds; a repeat of a forgotten one in the image was stored again"
+        );
+    }
     let (scanned, reused) = match scan {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
@@ -553,7 +564,9 @@ struct Sink {
     targets: Vec<Arc<Target>>,
     /// Chunks some target held before the snapshot: bit i set if `targets[i]` holds it.
     held: geosnap_engine::IdMap<u32>,
-    claimed: Mutex<geosnap_engine::IdSet>,
+    /// Chunks this snapshot has claimed, in bounded memory: forgetting one only stores a
+    /// later copy of it again.
+    claimed: Mutex<geosnap_engine::RecentIds>,
     handle: Handle,
     quorum: usize,
     tuning: Tuning,
