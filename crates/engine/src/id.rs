@@ -122,11 +122,14 @@ pub struct RecentIds {
     forgotten: u64,
 }
 
+// Bucket indexes are masked, so the most slots must be a power of two.
+const _: () = assert!((RecentIds::MAX_BYTES / std::mem::size_of::<ChunkId>()).is_power_of_two());
+
 impl RecentIds {
     const WAYS: usize = 8;
     const EMPTY: ChunkId = ChunkId([0; 32]);
-    /// Most memory a table takes: 262,144 ids, a 4 GiB image's worth of 16 KiB chunks at
-    /// half load.
+    /// Most memory a table takes: 262,144 slots, so every id of up to 131,072 distinct
+    /// chunks (2 GiB of 16 KiB chunks) at half load, and most of up to 262,144.
     pub const MAX_BYTES: usize = 8 << 20;
 
     /// A table for about `chunks` ids: twice that many slots (a power of two, at least one
@@ -168,8 +171,7 @@ impl RecentIds {
         match bucket.iter_mut().find(|s| **s == Self::EMPTY) {
             Some(slot) => *slot = id,
             None => {
-                // Both full: the victim is picked by the id, so which ids stay does not
-                // depend on the order workers insert them in.
+                // Both full: a byte of the id picks the slot it takes.
                 bucket[id.0[8] as usize % Self::WAYS] = id;
                 self.forgotten += 1;
             }

@@ -291,8 +291,8 @@ pub fn scan_bytes(params: ChunkerParams, data: &[u8], window: usize) -> Vec<Piec
     loop {
         let n = window.min(data.len() - pos);
         let mut buf = s.take_buffer(n);
-        let room = buf.len() - n;
-        buf[room..].copy_from_slice(&data[pos..pos + n]);
+        let carry = buf.len() - n;
+        buf[carry..].copy_from_slice(&data[pos..pos + n]);
         pos += n;
         s.push(buf, pos == data.len(), &mut |p| out.push(p));
         if pos == data.len() {
@@ -420,14 +420,14 @@ mod tests {
             let mut s = Scanner::new(p);
             let mut got = Vec::new();
             let mut buf = s.take_buffer(1 << 20);
-            let room = buf.len() - (1 << 20);
-            buf[room..].copy_from_slice(&img[..1 << 20]);
+            let carry = buf.len() - (1 << 20);
+            buf[carry..].copy_from_slice(&img[..1 << 20]);
             s.push(buf, false, &mut |x| got.push(x));
             s.push_zeros(2 << 20, false, &mut |x| got.push(x));
             let rest = &img[3 << 20..];
             let mut buf = s.take_buffer(rest.len());
-            let room = buf.len() - rest.len();
-            buf[room..].copy_from_slice(rest);
+            let carry = buf.len() - rest.len();
+            buf[carry..].copy_from_slice(rest);
             s.push(buf, true, &mut |x| got.push(x));
             assert_eq!(got, expect, "{p}");
         }

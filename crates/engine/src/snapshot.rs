@@ -344,8 +344,8 @@ fn read_image(
         }
         let n = (window as u64).min(size - pos) as usize;
         let mut buf = scanner.take_buffer(n);
-        let room = buf.len() - n;
-        image.read_at(pos, &mut buf[room..])?;
+        let carry = buf.len() - n;
+        image.read_at(pos, &mut buf[carry..])?;
         pos += n as u64;
         scanner.push(buf, pos == size, &mut emit);
     }

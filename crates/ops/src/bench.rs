@@ -281,8 +281,8 @@ pub fn run(opts: &BenchOptions, rt: &tokio::runtime::Handle) -> Result<BenchRepo
         while pos < data.len() {
             let n = (8 << 20).min(data.len() - pos);
             let mut b = s.take_buffer(n);
-            let room = b.len() - n;
-            b[room..].copy_from_slice(&data[pos..pos + n]);
+            let carry = b.len() - n;
+            b[carry..].copy_from_slice(&data[pos..pos + n]);
             pos += n;
             s.push(b, pos == data.len(), &mut |p| {
                 if let Piece::Chunk { data, .. } = p {

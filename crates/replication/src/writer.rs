@@ -131,13 +131,11 @@ pub async fn write_snapshot(
         return Err(e);
     }
 
-    // Sized for the image's chunks, capped: an unreadable image fails in the scan below.
-    let image_size = Image::open(&req.image).map_or(0, |i| i.size());
-    let chunks = image_size / req.options.chunker.typical_chunk().max(1);
     let sink = Arc::new(Sink {
         targets: targets.clone(),
         held,
-        claimed: Mutex::new(geosnap_engine::RecentIds::for_chunks(chunks)),
+        // Sized for the image once it is open, below.
+        claimed: Mutex::new(geosnap_engine::RecentIds::for_chunks(0)),
         handle: Handle::current(),
         quorum,
         tuning,
@@ -178,6 +176,10 @@ pub async fn write_snapshot(
                         tracing::info!(error = %e, "cannot reuse the last snapshot; scanning")
                     }
                 }
+            }
+            let chunks = image.size() / options.chunker.typical_chunk().max(1);
+            if let Ok(mut claimed) = sink.claimed.lock() {
+                *claimed = geosnap_engine::RecentIds::for_chunks(chunks);
             }
             Ok((snapshot_image(&image, &options, &*sink, &*progress)?, None))
         })
