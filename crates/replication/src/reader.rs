@@ -122,6 +122,13 @@ pub async fn fetch_manifest(
     }))
 }
 
+/// The largest manifest a restore holds in memory (or `manifest_memory`, if lower): a
+/// restore walks its manifest front to back, twice, so reading a larger one through a
+/// temporary file costs nothing measurable, and what it would hold in memory grows with the
+/// image (36 B per chunk). 8 GiB mixed image, 12.6 MB manifest, page cache dropped: peak RSS
+/// 78–82 MiB through a file against 88–92 MiB in memory, 6.7–6.9 s against 7.0–7.3 s.
+pub const RESTORE_MANIFEST_MEMORY: u64 = 1 << 20;
+
 /// Restores a snapshot from one region.
 pub async fn restore_snapshot(
     regions: &Regions,
@@ -129,8 +136,8 @@ pub async fn restore_snapshot(
     progress: Arc<dyn Progress + Send + Sync>,
 ) -> Result<RestoreOutcome> {
     let stores = sources(regions, &req)?;
-    let (manifest, repaired_manifest) =
-        fetch_manifest(&stores, &req.snapshot, regions.tuning.manifest_memory).await?;
+    let memory = regions.tuning.manifest_memory.min(RESTORE_MANIFEST_MEMORY);
+    let (manifest, repaired_manifest) = fetch_manifest(&stores, &req.snapshot, memory).await?;
     // Of a store's index, only the chunks this manifest may name are kept: a store that
     // holds many instances costs a restore no more memory than one that holds this one.
     let mut wanted = ChunkFilter::with_capacity(manifest.header().chunk_count);
