@@ -341,6 +341,38 @@ fn unhex(s: &str, out: &mut [u8]) -> Option<()> {
 mod tests {
     use super::*;
 
+    proptest::proptest! {
+        /// Against an exact set of everything inserted: the table never holds an id that
+        /// was not inserted, `insert` answers "seen" only for such an id, and what it
+        /// forgot is counted. Small ids (a few distinct values) make repeats common.
+        #[test]
+        fn recent_ids_only_forget(
+            sized_for in 0u64..64,
+            ops in proptest::collection::vec(0u16..300, 0..600),
+        ) {
+            let mut r = RecentIds::for_chunks(sized_for);
+            let mut inserted = std::collections::HashSet::new();
+            let mut evictions = 0;
+            for op in ops {
+                let id = if op == 0 { ChunkId([0; 32]) } else { ChunkId::of(&op.to_le_bytes()) };
+                let before = r.forgotten();
+                let fresh = r.insert(id);
+                proptest::prop_assert!(fresh || inserted.contains(&id));
+                proptest::prop_assert!(r.contains(&id));
+                evictions += r.forgotten() - before;
+                inserted.insert(id);
+            }
+            for op in 0u16..300 {
+                let id = if op == 0 { ChunkId([0; 32]) } else { ChunkId::of(&op.to_le_bytes()) };
+                proptest::prop_assert!(!r.contains(&id) || inserted.contains(&id));
+            }
+            // Every id inserted is held or was pushed out by an eviction.
+            let held = inserted.iter().filter(|id| r.contains(id)).count() as u64;
+            proptest::prop_assert!(held + evictions >= inserted.len() as u64);
+            proptest::prop_assert_eq!(evictions, r.forgotten());
+        }
+    }
+
     #[test]
     fn recent_ids_never_claim_to_hold_an_id_they_were_not_given() {
         let ids = |from: u32, to: u32| (from..to).map(|i| ChunkId::of(&i.to_le_bytes()));
