@@ -154,19 +154,16 @@ impl RecentIds {
         if id == Self::EMPTY {
             return !std::mem::replace(&mut self.zero, true);
         }
-        if self.contains(&id) {
+        let (b1, b2) = self.buckets(&id);
+        let (one, two) = (
+            &self.slots[b1..b1 + Self::WAYS],
+            &self.slots[b2..b2 + Self::WAYS],
+        );
+        if one.contains(&id) || two.contains(&id) {
             return false;
         }
-        let (b1, b2) = self.buckets(&id);
-        let free = |slots: &[ChunkId], b: usize| {
-            let bucket = &slots[b..b + Self::WAYS];
-            bucket.iter().filter(|s| **s == Self::EMPTY).count()
-        };
-        let b = if free(&self.slots, b2) > free(&self.slots, b1) {
-            b2
-        } else {
-            b1
-        };
+        let free = |bucket: &[ChunkId]| bucket.iter().filter(|s| **s == Self::EMPTY).count();
+        let b = if free(two) > free(one) { b2 } else { b1 };
         let bucket = &mut self.slots[b..b + Self::WAYS];
         match bucket.iter_mut().find(|s| **s == Self::EMPTY) {
             Some(slot) => *slot = id,

@@ -194,7 +194,7 @@ pub async fn write_snapshot(
     {
         tracing::info!(
             forgotten = c.forgotten(),
-            "the snapshot claimed more chunks than its claim table holds; a repeat of a forgotten one in the image was stored again"
+            "the snapshot claimed more chunks than its claim table holds; a chunk it forgot that repeats later in the image was stored again"
         );
     }
     let (scanned, reused) = match scan {
