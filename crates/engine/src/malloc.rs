@@ -5,9 +5,10 @@
 /// worker threads hand buffers to each other, and with an arena per thread the freed
 /// memory piles up (peak RSS of a 2 GiB restore: 176 MiB with the default, 137 MiB with
 /// two; no measurable change in time). Three (one per thread of a two-core snapshot) made
-/// the engine's criterion pipeline faster (1.57–1.60 against 1.37–1.49 GiB/s) but not the
-/// snapshot of a disk image, and a rescan of an unchanged 4 GiB image took 72–75 MiB
-/// instead of 61 MiB (`docs/benchmarks.md`).
+/// the engine's pipeline alone faster (snapshots of a 512 MiB image into a `MemStore`:
+/// 1.57–1.60 against 1.37–1.49 GiB/s in one round) but not the snapshot of a disk image,
+/// and a rescan of an unchanged 4 GiB image took 72–75 MiB instead of 61–64 MiB
+/// (`docs/benchmarks.md`).
 ///
 /// And a fixed mmap threshold just above the 1 MiB restore span: glibc otherwise raises
 /// it to the largest block freed (the 8 MiB image windows), after which the 2 MiB bounce
@@ -24,7 +25,7 @@
 /// the process's memory-map lock, under the arena's lock, while the other core faults pages
 /// in (the engine's pipeline alone: 1.41–1.43 GiB/s against 1.34–1.39 over three runs of 24
 /// snapshots each; the padding is address space until touched, and peak RSS of the 1 and
-/// 8 GiB snapshots and restores measured the same).
+/// 8 GiB snapshots and restores stayed within their run-to-run spread).
 ///
 /// Call it before any other thread starts; elsewhere than glibc it does nothing.
 pub fn tune() {

@@ -126,7 +126,7 @@ pub async fn fetch_manifest(
 /// restore walks its manifest front to back, twice, so reading a larger one through a
 /// temporary file costs nothing measurable, and what it would hold in memory grows with the
 /// image (36 B per chunk). 8 GiB mixed image, 12.6 MB manifest, page cache dropped: peak RSS
-/// 78–82 MiB through a file against 88–92 MiB in memory, 6.7–6.9 s against 7.0–7.3 s.
+/// 76–80 MiB through a file against 87–90 MiB in memory, 6.7–6.9 s against 7.0–7.3 s.
 pub const RESTORE_MANIFEST_MEMORY: u64 = 1 << 20;
 
 /// Restores a snapshot from one region.
