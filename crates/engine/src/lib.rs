@@ -51,6 +51,7 @@ pub mod malloc;
 pub mod manifest;
 pub mod restore;
 pub mod scanner;
+pub mod slab;
 pub mod snapshot;
 pub mod store;
 pub mod zero;

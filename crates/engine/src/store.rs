@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use bytes::Bytes;
 
 use crate::codec::{Decoder, EncodedFrame};
+use crate::slab::Slabs;
 use crate::{ChunkId, Error};
 
 /// Where a snapshot's new chunks go.
@@ -97,10 +98,11 @@ impl Frames {
     }
 }
 
-/// Chunks in memory, for benchmarks and tests.
+/// Chunks in memory, for benchmarks and tests. Frames are kept as copies in [`Slabs`].
 #[derive(Debug, Default)]
 pub struct MemStore {
     frames: Mutex<Frames>,
+    slabs: Slabs,
     claimed: Mutex<HashSet<ChunkId>>,
     stored: AtomicU64,
 }
@@ -154,10 +156,14 @@ impl ChunkSink for MemStore {
     }
 
     fn put_frame(&self, frame: EncodedFrame) -> Result<(), Error> {
-        self.stored
-            .fetch_add(frame.bytes.len() as u64, Ordering::Relaxed);
+        let len = frame.bytes.len();
+        self.stored.fetch_add(len as u64, Ordering::Relaxed);
+        let bytes = self.slabs.copy(len, [&frame.bytes[..]]);
         if let Ok(mut f) = self.frames.lock() {
-            f.add(frame);
+            f.add(EncodedFrame {
+                chunks: frame.chunks,
+                bytes,
+            });
         }
         Ok(())
     }
