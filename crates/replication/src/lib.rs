@@ -21,6 +21,7 @@ pub mod direct;
 pub mod gc;
 pub mod index;
 pub mod layout;
+pub mod memory;
 pub mod pack;
 pub mod reader;
 pub mod region;

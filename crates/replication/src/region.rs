@@ -6,7 +6,6 @@ use std::sync::Arc;
 
 use geosnap_engine::manifest::Backing;
 use object_store::ObjectStore;
-use object_store::memory::InMemory;
 use object_store::prefix::PrefixStore;
 use serde::{Deserialize, Serialize};
 use url::Url;
@@ -124,7 +123,7 @@ fn open_store(region: &str, url: &str, options: &BTreeMap<String, String>) -> Re
                 .map_err(|e| config(format!("cannot open {}: {e}", path.display())))?;
             Ok(local(Arc::new(store)))
         }
-        "memory" => Ok(local(Arc::new(InMemory::new()))),
+        "memory" => Ok(local(Arc::new(crate::memory::SlabMemory::new()))),
         "s3" => {
             let s3 = S3Config::parse(region, url, options)?;
             Ok(OpenedStore {
