@@ -399,14 +399,20 @@ pub fn run(opts: &BenchOptions, rt: &tokio::runtime::Handle) -> Result<BenchRepo
             std::hint::black_box(dec.decode_verified(f).ok());
         }
     }));
-    let zstd_ratio = sample_len as f64 / compressed.max(1) as f64;
+    // Stored bytes per byte of the sample (zero runs and zstd both shrink it); a sample
+    // without data (an image of zeros) stores nothing.
+    let stored_per_sample_byte = if sample_len == 0 {
+        0.0
+    } else {
+        compressed as f64 / sample_len as f64
+    };
 
     // Three in-memory regions will hold three copies of what the snapshot stores: refuse
     // before filling the machine's memory, not after. Stored bytes are estimated from the
     // sample (zero runs and zstd both shrink it), with a quarter more for safety.
     let allocated = allocated_bytes(&image)?;
     if let Some(available) = mem_available() {
-        let need = (allocated as f64 / zstd_ratio * REGIONS as f64 * 1.25) as u64;
+        let need = (allocated as f64 * stored_per_sample_byte * REGIONS as f64 * 1.25) as u64;
         if !fits_in_memory(need, available) {
             let image = if generated {
                 let _ = std::fs::remove_file(&path);
@@ -472,6 +478,8 @@ pub fn run(opts: &BenchOptions, rt: &tokio::runtime::Handle) -> Result<BenchRepo
         stages
             .iter()
             .find(|s| s.name.starts_with(name))
+            // A stage that had nothing to do (no data in the sample) costs nothing.
+            .filter(|s| s.bytes > 0 && s.mb_per_s > 0.0)
             .map_or(f64::INFINITY, |s| s.mb_per_s * 1e6)
     };
     // Every allocated byte is read and zero-checked (written zeros too, holes never);
