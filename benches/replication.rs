@@ -25,14 +25,12 @@ fn regions(which: &[(&str, FaultConfig)], quorum: usize) -> Regions {
     let list = which
         .iter()
         .map(|(name, faults)| {
-            let spec = RegionSpec {
-                name: name.to_string(),
-                country: String::new(),
-                url: "memory://".into(),
-                volume_url: "memory://".into(),
-                options: Default::default(),
-            };
-            Region::open(&spec, faults.clone(), RetryPolicy::default()).expect("region")
+            Region::open(
+                &RegionSpec::memory(name),
+                faults.clone(),
+                RetryPolicy::default(),
+            )
+            .expect("region")
         })
         .collect();
     Regions::new(list, quorum).expect("regions")

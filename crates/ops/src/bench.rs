@@ -242,14 +242,11 @@ fn memory_regions() -> Result<Regions> {
     let list = ["it-1", "de-1", "nl-1"]
         .iter()
         .map(|n| {
-            let spec = RegionSpec {
-                name: n.to_string(),
-                country: String::new(),
-                url: "memory://".into(),
-                volume_url: "memory://".into(),
-                options: Default::default(),
-            };
-            Region::open(&spec, Default::default(), RetryPolicy::default())
+            Region::open(
+                &RegionSpec::memory(n),
+                Default::default(),
+                RetryPolicy::default(),
+            )
         })
         .collect::<std::result::Result<Vec<_>, _>>()?;
     Ok(Regions::new(list, 2)?)
@@ -438,9 +435,7 @@ pub fn run(opts: &BenchOptions, rt: &tokio::runtime::Handle) -> Result<BenchRepo
         threads: 0,
     };
     let mut snap_runs = Vec::with_capacity(PIPELINE_RUNS);
-    let mut last = None;
-    for _ in 0..PIPELINE_RUNS {
-        drop(last.take());
+    let mut snapshot_once = || -> Result<_> {
         let regions = memory_regions()?;
         let meta = SnapshotMeta {
             id: SnapshotId::generate(),
@@ -465,11 +460,14 @@ pub fn run(opts: &BenchOptions, rt: &tokio::runtime::Handle) -> Result<BenchRepo
             &|| 0,
         ))?;
         snap_runs.push(t.elapsed().as_secs_f64());
-        last = Some((regions, meta, out));
-    }
-    let Some((regions, meta, out)) = last else {
-        unreachable!("PIPELINE_RUNS is at least one")
+        Ok((regions, meta, out))
     };
+    let mut last = snapshot_once()?;
+    for _ in 1..PIPELINE_RUNS {
+        drop(last);
+        last = snapshot_once()?;
+    }
+    let (regions, meta, out) = last;
     let snap_secs = median(&mut snap_runs);
     let data_bytes = out.stats.data_bytes;
 

@@ -32,14 +32,11 @@ fn regions() -> Result<Regions, Box<dyn std::error::Error>> {
     let list = ["it-1", "de-1", "nl-1"]
         .iter()
         .map(|name| {
-            let spec = RegionSpec {
-                name: name.to_string(),
-                country: String::new(),
-                url: "memory://".into(),
-                volume_url: "memory://".into(),
-                options: Default::default(),
-            };
-            Region::open(&spec, Default::default(), RetryPolicy::default())
+            Region::open(
+                &RegionSpec::memory(name),
+                Default::default(),
+                RetryPolicy::default(),
+            )
         })
         .collect::<Result<Vec<_>, _>>()?;
     Ok(Regions::new(list, 2)?)

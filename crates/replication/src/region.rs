@@ -34,6 +34,20 @@ pub struct RegionSpec {
     pub options: BTreeMap<String, String>,
 }
 
+impl RegionSpec {
+    /// A region named `name` whose main and volume stores are both `memory://`
+    /// (benchmarks, tests).
+    pub fn memory(name: &str) -> RegionSpec {
+        RegionSpec {
+            name: name.to_string(),
+            country: String::new(),
+            url: "memory://".into(),
+            volume_url: "memory://".into(),
+            options: BTreeMap::new(),
+        }
+    }
+}
+
 /// One region, ready to use.
 #[derive(Debug)]
 pub struct Region {
