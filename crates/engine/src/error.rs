@@ -104,11 +104,14 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
-    /// A temporary file that holds a manifest or its extents failed (a full disk, for one).
-    #[error("cannot {action} the manifest's temporary file in {}: {source}", std::env::temp_dir().display())]
+    /// A temporary file that holds a manifest, its extents or a restore's index failed (a
+    /// full disk, for one).
+    #[error("cannot {action} {what} in {}: {source}", std::env::temp_dir().display())]
     Spill {
         /// "write" or "read".
         action: &'static str,
+        /// Which temporary file: "the manifest's temporary file", for one.
+        what: &'static str,
         /// Cause.
         #[source]
         source: io::Error,

@@ -547,6 +547,7 @@ fn walk(
 fn read_err(source: std::io::Error) -> Error {
     Error::Spill {
         action: "read",
+        what: "the manifest's temporary file",
         source,
     }
 }
@@ -554,6 +555,7 @@ fn read_err(source: std::io::Error) -> Error {
 fn write_err(source: std::io::Error) -> Error {
     Error::Spill {
         action: "write",
+        what: "the manifest's temporary file",
         source,
     }
 }

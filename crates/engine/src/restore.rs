@@ -193,6 +193,7 @@ pub fn restore_image(
         };
         job.run(threads)?;
         places = window.sorted;
+        crate::malloc::release_free();
     }
     progress.finish();
     // Every chunk the header counts was written: nothing short is ever renamed into place.

@@ -233,7 +233,10 @@ async fn sweep(b: &Bucket, opts: &GcOptions, report: &mut GcReport) -> Result<()
             rewrite.push((*pack_id, keep));
         }
     }
-    if report.deleted == 0 && doomed.is_empty() && index.objects.len() <= 1 {
+    let parts = (report.referenced as usize)
+        .div_ceil(index::OBJECT_ENTRIES)
+        .max(1);
+    if report.deleted == 0 && doomed.is_empty() && index.objects.len() <= parts {
         return Ok(());
     }
     if opts.dry_run {
@@ -287,8 +290,10 @@ async fn sweep(b: &Bucket, opts: &GcOptions, report: &mut GcReport) -> Result<()
         pack::upload(b, &id, parts).await?;
     }
     report.packs_repacked = rewrite.len() as u64;
-    // One index object for everything live, written before anything is deleted; in pack
-    // order, so a reader's index keeps each frame's address once (`ChunkTable`).
+    // Index objects for everything live, written before anything is deleted: in pack
+    // order, so a reader's index keeps each frame's address once (`ChunkTable`), and in
+    // parts of at most `OBJECT_ENTRIES`, so no reader holds a whole store's index at once
+    // (a part left by a crash only repeats entries a newer gc writes again).
     let mut entries: Vec<index::Entry> = index
         .chunks
         .iter()
@@ -304,7 +309,9 @@ async fn sweep(b: &Bucket, opts: &GcOptions, report: &mut GcReport) -> Result<()
         })
         .collect();
     entries.sort_unstable_by_key(|e| (e.pack, e.offset, e.chunk));
-    index::write(b, &entries).await?;
+    for part in entries.chunks(index::OBJECT_ENTRIES) {
+        index::write(b, part).await?;
+    }
     // A snapshot that started meanwhile may count on what we would delete: stop.
     let markers = live_markers(b, opts.marker_ttl).await?;
     if !markers.is_empty() {

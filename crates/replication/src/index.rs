@@ -27,6 +27,10 @@ use sha2::{Digest, Sha256};
 use crate::bucket::Bucket;
 use crate::{Error, Result};
 
+/// Most entries one index object holds (3.5 MiB of them): a snapshot writes one every
+/// 16,384 new chunks, gc its consolidated index in parts of this size.
+pub const OBJECT_ENTRIES: usize = 1 << 16;
+
 /// Frozen magic of an index object.
 pub const INDEX_MAGIC: [u8; 8] = *b"GSINDEX\0";
 /// Current index format version.
@@ -96,6 +100,34 @@ pub struct FrameRef {
 }
 
 impl Entry {
+    /// Bytes of an encoded entry: in index objects and in a restore's sorted index file.
+    pub const ENCODED_LEN: usize = ENTRY_LEN;
+
+    /// The entry's encoding: chunk id (32), pack id (16), frame offset (u32 LE), frame
+    /// length (u32 LE). Frame offsets fit in 32 bits: a pack is a few MiB.
+    pub fn to_bytes(&self) -> [u8; ENTRY_LEN] {
+        let mut out = [0u8; ENTRY_LEN];
+        out[..32].copy_from_slice(self.chunk.as_bytes());
+        out[32..48].copy_from_slice(&self.pack.0);
+        out[48..52].copy_from_slice(&(self.offset as u32).to_le_bytes());
+        out[52..].copy_from_slice(&self.len.to_le_bytes());
+        out
+    }
+
+    /// Decodes [`Entry::to_bytes`]'s encoding from the first `ENCODED_LEN` bytes of `e`.
+    pub fn from_bytes(e: &[u8]) -> Entry {
+        let mut chunk = [0u8; 32];
+        chunk.copy_from_slice(&e[..32]);
+        let mut pack = [0u8; 16];
+        pack.copy_from_slice(&e[32..48]);
+        Entry {
+            chunk: ChunkId(chunk),
+            pack: PackId(pack),
+            offset: u64::from(u32::from_le_bytes([e[48], e[49], e[50], e[51]])),
+            len: u32::from_le_bytes([e[52], e[53], e[54], e[55]]),
+        }
+    }
+
     /// The frame this entry points at.
     pub fn frame(&self) -> FrameRef {
         FrameRef {
@@ -133,10 +165,7 @@ pub fn encode(entries: &[Entry]) -> Bytes {
     out.extend_from_slice(&[0, 0]);
     out.extend_from_slice(&(entries.len() as u32).to_le_bytes());
     for e in entries {
-        out.extend_from_slice(e.chunk.as_bytes());
-        out.extend_from_slice(&e.pack.0);
-        out.extend_from_slice(&(e.offset as u32).to_le_bytes());
-        out.extend_from_slice(&e.len.to_le_bytes());
+        out.extend_from_slice(&e.to_bytes());
     }
     let sum = Sha256::digest(&out);
     out.extend_from_slice(&sum);
@@ -162,18 +191,7 @@ pub fn decode(bytes: &[u8]) -> std::result::Result<Vec<Entry>, String> {
     }
     Ok(bytes[PREFIX_LEN..body]
         .chunks_exact(ENTRY_LEN)
-        .map(|e| {
-            let mut chunk = [0u8; 32];
-            chunk.copy_from_slice(&e[..32]);
-            let mut pack = [0u8; 16];
-            pack.copy_from_slice(&e[32..48]);
-            Entry {
-                chunk: ChunkId(chunk),
-                pack: PackId(pack),
-                offset: u64::from(u32::from_le_bytes([e[48], e[49], e[50], e[51]])),
-                len: u32::from_le_bytes([e[52], e[53], e[54], e[55]]),
-            }
-        })
+        .map(Entry::from_bytes)
         .collect())
 }
 

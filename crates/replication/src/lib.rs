@@ -29,6 +29,7 @@ pub mod repair;
 pub mod retry;
 pub mod s3;
 pub mod simulator;
+pub mod sorted;
 pub mod writer;
 
 pub use bucket::{Bucket, StoreKind};

@@ -2,9 +2,11 @@
 //! manifest) missing or corrupt there is fetched from another region, verified, and
 //! written back (repair), unless the restore is strict or volume-backed.
 
+use std::collections::HashMap;
+use std::io;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use bytes::Bytes;
 use geosnap_engine::codec::{DecodedFrame, Decoder, Encoder, FRAME_TARGET};
@@ -16,9 +18,10 @@ use serde::Serialize;
 use tokio::runtime::Handle;
 
 use crate::bucket::{Bucket, StoreKind};
-use crate::index::{self, StoreIndex};
+use crate::index::{self, FrameRef};
 use crate::pack::{self, PackBuilder};
 use crate::region::Regions;
+use crate::sorted::{SortedIndex, SortedIndexBuilder};
 use crate::{Error, Result, layout};
 
 /// What to restore and how.
@@ -138,8 +141,9 @@ pub async fn restore_snapshot(
     let stores = sources(regions, &req)?;
     let memory = regions.tuning.manifest_memory.min(RESTORE_MANIFEST_MEMORY);
     let (manifest, repaired_manifest) = fetch_manifest(&stores, &req.snapshot, memory).await?;
-    // Of a store's index, only the chunks this manifest may name are kept: a store that
-    // holds many instances costs a restore no more memory than one that holds this one.
+    // Of a store's index, only the chunks this manifest may name are kept (a store that
+    // holds many instances costs a restore no more than one that holds this one), sorted
+    // by id into a temporary file: what stays in memory does not grow with the image.
     let mut wanted = ChunkFilter::with_capacity(manifest.header().chunk_count);
     for e in manifest.extents() {
         if let Extent::Chunk { id, .. } = e? {
@@ -147,7 +151,7 @@ pub async fn restore_snapshot(
         }
     }
     // The preferred store's index is needed to plan; others are read only if needed.
-    let primary_index = StoreIndex::load_only(&stores[0], Some(&wanted)).await?;
+    let primary_index = load_sorted(&stores[0], &wanted).await?;
     let indexes = stores.iter().map(|_| OnceLock::new()).collect::<Vec<_>>();
     let _ = indexes[0].set(Some(primary_index));
     let source = Arc::new(RegionSource {
@@ -155,6 +159,7 @@ pub async fn restore_snapshot(
         stores,
         indexes,
         wanted,
+        window: RwLock::default(),
         primary_down: AtomicBool::new(false),
         recovered: Mutex::default(),
     });
@@ -244,6 +249,62 @@ pub async fn store_chunks(bucket: &Bucket, chunks: Vec<(ChunkId, Bytes)>) -> Res
     .await
 }
 
+/// The restore's name for its index file, in errors.
+const INDEX_FILE: &str = "the restore's index temporary file";
+
+fn spill(action: &'static str, source: io::Error) -> geosnap_engine::Error {
+    geosnap_engine::Error::Spill {
+        action,
+        what: INDEX_FILE,
+        source,
+    }
+}
+
+/// Reads every index object of `bucket` into a [`SortedIndex`], keeping only the chunks
+/// `wanted` may contain. A damaged index object is passed over: the chunks it names are
+/// missing here, so they are fetched from another store and repaired.
+pub async fn load_sorted(bucket: &Bucket, wanted: &ChunkFilter) -> Result<SortedIndex> {
+    let mut builder = SortedIndexBuilder::new();
+    let mut failed: Option<io::Error> = None;
+    index::visit(bucket, |_, entries| {
+        for e in entries.into_iter().flatten() {
+            if failed.is_none()
+                && wanted.may_contain(&e.chunk)
+                && let Err(err) = builder.push(e)
+            {
+                failed = Some(err);
+            }
+        }
+    })
+    .await?;
+    if let Some(e) = failed {
+        return Err(Error::Engine(spill("write", e)));
+    }
+    tokio::task::spawn_blocking(move || builder.finish())
+        .await
+        .map_err(|e| Error::Task(e.to_string()))?
+        .map_err(|e| Error::Engine(spill("write", e)))
+}
+
+/// Ids grouped by the frame that holds them (frames in pack order), and ids without one.
+type ByFrame = (Vec<(FrameRef, Vec<ChunkId>)>, Vec<ChunkId>);
+
+/// Groups ids by the frame that holds them, frames in pack order; ids without a frame are
+/// returned apart.
+fn by_frame(found: impl Iterator<Item = (ChunkId, Option<FrameRef>)>) -> ByFrame {
+    let mut frames: HashMap<FrameRef, Vec<ChunkId>> = HashMap::new();
+    let mut unknown = Vec::new();
+    for (id, frame) in found {
+        match frame {
+            Some(f) => frames.entry(f).or_default().push(id),
+            None => unknown.push(id),
+        }
+    }
+    let mut frames: Vec<_> = frames.into_iter().collect();
+    frames.sort_by_key(|(f, _)| *f);
+    (frames, unknown)
+}
+
 thread_local! {
     static DECODER: std::cell::RefCell<Option<Decoder>> = const { std::cell::RefCell::new(None) };
 }
@@ -266,9 +327,12 @@ pub fn decode_frame(bytes: &[u8]) -> std::result::Result<DecodedFrame, geosnap_e
 struct RegionSource {
     handle: Handle,
     stores: Vec<Bucket>,
-    indexes: Vec<OnceLock<Option<StoreIndex>>>,
+    indexes: Vec<OnceLock<Option<SortedIndex>>>,
     /// The chunks the manifest may name: what is kept of each store's index.
     wanted: ChunkFilter,
+    /// The frames of the window being restored in the preferred store, by id: found once
+    /// when the window is planned, read by every fetch of it.
+    window: RwLock<Vec<(ChunkId, Option<FrameRef>)>>,
     primary_down: AtomicBool,
     recovered: Mutex<Vec<(ChunkId, Bytes)>>,
 }
@@ -283,12 +347,12 @@ impl RegionSource {
     }
 
     /// The index of store `n`, read on first use; `None` if it cannot be read.
-    fn index(&self, n: usize) -> Option<&StoreIndex> {
+    fn index(&self, n: usize) -> Option<&SortedIndex> {
         self.indexes[n]
             .get_or_init(|| {
                 match self
                     .handle
-                    .block_on(StoreIndex::load_only(&self.stores[n], Some(&self.wanted)))
+                    .block_on(load_sorted(&self.stores[n], &self.wanted))
                 {
                     Ok(i) => Some(i),
                     Err(e) => {
@@ -301,12 +365,56 @@ impl RegionSource {
     }
 }
 
+impl RegionSource {
+    /// The frames holding `ids` in store `n`: for the preferred store, as the window's plan
+    /// found them; otherwise (or for ids the plan was not given) from the store's index.
+    fn frames(
+        &self,
+        n: usize,
+        index: &SortedIndex,
+        ids: &[ChunkId],
+    ) -> std::result::Result<ByFrame, geosnap_engine::Error> {
+        let mut found: Vec<(ChunkId, Option<FrameRef>)> = Vec::with_capacity(ids.len());
+        let mut rest: Vec<ChunkId> = Vec::new();
+        match (n, self.window.read()) {
+            (0, Ok(window)) => {
+                for id in ids {
+                    match window.binary_search_by_key(id, |(w, _)| *w) {
+                        Ok(i) => found.push(window[i]),
+                        Err(_) => rest.push(*id),
+                    }
+                }
+            }
+            _ => rest.extend_from_slice(ids),
+        }
+        if !rest.is_empty() {
+            rest.sort_unstable();
+            let frames = index.lookup(&rest).map_err(|e| spill("read", e))?;
+            found.extend(rest.into_iter().zip(frames));
+        }
+        Ok(by_frame(found.into_iter()))
+    }
+}
+
 impl ChunkSource for RegionSource {
     fn plan(&self, ids: &[ChunkId]) -> Vec<Vec<ChunkId>> {
+        let one_by_one = || ids.iter().map(|id| vec![*id]).collect();
         let Some(index) = self.index(0) else {
-            return ids.iter().map(|id| vec![*id]).collect();
+            return one_by_one();
         };
-        let (frames, unknown) = index.by_frame(ids);
+        let found = match index.lookup(ids) {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::warn!(error = %spill("read", e), "planning chunk by chunk");
+                return one_by_one();
+            }
+        };
+        let mut window: Vec<(ChunkId, Option<FrameRef>)> = ids.iter().copied().zip(found).collect();
+        window.sort_unstable_by_key(|(id, _)| *id);
+        let (frames, unknown) = by_frame(window.iter().copied());
+        if let Ok(mut w) = self.window.write() {
+            *w = window;
+        }
         index::spans(frames, self.span_bytes())
             .into_iter()
             .map(|run| run.into_iter().flat_map(|(_, ids)| ids).collect())
@@ -335,7 +443,7 @@ impl ChunkSource for RegionSource {
         let Some(index) = self.index(n) else {
             return Err(unavailable("its index cannot be read".into()));
         };
-        let (frames, unknown) = index.by_frame(ids);
+        let (frames, unknown) = self.frames(n, index, ids)?;
         if let Some(id) = unknown.first()
             && frames.is_empty()
         {

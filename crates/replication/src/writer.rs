@@ -482,7 +482,7 @@ impl Target {
 
 /// Index entries a store's writer holds before it writes them as an index object: 16,384
 /// entries (256 MiB of 16 KiB chunks, a 0.9 MB object) cap what each store's writer holds
-/// at about 1 MiB; gc folds the objects into one.
+/// at about 1 MiB; gc folds the objects into parts of [`index::OBJECT_ENTRIES`].
 const INDEX_FLUSH: usize = 1 << 14;
 
 /// Packs the frames queued for one store and uploads each pack once it is large enough,
