@@ -261,14 +261,17 @@ fn verify_of_a_volume_backed_snapshot_looks_only_at_home() {
 }
 
 /// With `manifest_memory = "0"` every manifest is written from, read into and uploaded from
-/// a temporary file (as a large image's would be): snapshots, replication after an
-/// outage, restores, manifest repair by restore and by verify, and gc all still work, and
-/// every region holds the same manifest bytes.
+/// a temporary file, and with `index_memory = "1K"` every store index a snapshot or a
+/// restore builds is sorted through temporary files in runs of a few dozen records, merged
+/// in more than one pass (as a large image's would be): snapshots, dedup against what the
+/// stores hold, replication after an outage, restores, manifest repair by restore and by
+/// verify, and gc all still work, and every region holds the same manifest bytes.
 #[test]
-fn manifests_above_the_memory_limit_go_through_temporary_files() {
+fn manifests_and_indexes_above_the_memory_limits_go_through_temporary_files() {
     let env = Env::new();
     let mut config = geosnap_ops::config::Config::load(&env.data).unwrap();
     config.manifest_memory = Some("0".into());
+    config.index_memory = Some("1K".into());
     config.save(&env.data).unwrap();
     let img = env.image("a.img", 24 << 20, Profile::Mixed, 5);
     env.ok(&["instance", "create", "vm", "--image", img.to_str().unwrap()]);
@@ -278,6 +281,23 @@ fn manifests_above_the_memory_limit_go_through_temporary_files() {
     );
     let first_copy = env.path("first.img");
     std::fs::copy(&img, &first_copy).unwrap();
+    // The same bytes under another modification time are scanned again, and every chunk
+    // is found in what the stores hold; unchanged since, the manifest is reused after a
+    // check that the stores hold every chunk.
+    let file = std::fs::OpenOptions::new().append(true).open(&img).unwrap();
+    file.set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(60))
+        .unwrap();
+    drop(file);
+    // A file changed in the last two seconds (its ctime, here) is never reused.
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let again = env.json(&["snapshot", "take", "vm", "--name", "again"]);
+    assert_eq!(again["state"], "available", "{again}");
+    assert!(again["reused_from"].is_null(), "{again}");
+    assert_eq!(again["stored_bytes"], 0, "{again}");
+    let reused = env.json(&["snapshot", "take", "vm", "--name", "reused"]);
+    assert_eq!(reused["reused_from"], again["id"], "{reused}");
+    env.ok(&["snapshot", "delete", "vm/again"]);
+    env.ok(&["snapshot", "delete", "vm/reused"]);
     env.image("a.img", 24 << 20, Profile::Mixed, 6);
     env.ok(&["region", "fail", "de-1", "--mode", "down"]);
     assert_eq!(

@@ -363,10 +363,14 @@ fn read_image(
 /// must still have the id the manifest gives it.
 pub const REUSE_SAMPLES: u64 = 32;
 
+/// Chunk ids a reused manifest's check hands to `held` at once (2 MiB of ids).
+pub const REUSE_BATCH: usize = 1 << 16;
+
 /// The snapshot of an image that has not changed since `previous` was taken (its file's
 /// identity and times say so), without scanning it: `previous`'s extents, if the image is
-/// still its size, was cut by `chunker`, every chunk is one `held` says the stores hold,
-/// and [`REUSE_SAMPLES`] chunks spread over the image (the first and the last among them,
+/// still its size, was cut by `chunker`, every chunk is one `held` says the stores hold
+/// (asked about [`REUSE_BATCH`] ids at a time, sorted, so that a store index on disk is
+/// read in order), and [`REUSE_SAMPLES`] chunks spread over the image (the first and the last among them,
 /// the rest at offsets `seed` varies) and the start of up to four zero runs still read as
 /// the manifest says. `None` when any of that fails: the caller scans instead.
 pub fn reuse_manifest(
@@ -374,7 +378,7 @@ pub fn reuse_manifest(
     image: &Image,
     chunker: ChunkerParams,
     seed: u64,
-    held: impl Fn(&ChunkId) -> bool,
+    held: impl Fn(&[ChunkId]) -> bool,
     progress: &dyn Progress,
 ) -> Result<Option<Scanned>, Error> {
     let h = previous.header();
@@ -390,12 +394,20 @@ pub fn reuse_manifest(
     };
     let mut buf = Vec::new();
     let mut zero_samples = 0;
+    let mut batch: Vec<ChunkId> = Vec::new();
+    let all_held = |batch: &mut Vec<ChunkId>| {
+        batch.sort_unstable();
+        let held = held(batch);
+        batch.clear();
+        held
+    };
     for e in previous.extents() {
         let e = e?;
         log.push(&e)?;
         match e {
             Extent::Chunk { offset, len, id } => {
-                if !held(&id) {
+                batch.push(id);
+                if batch.len() == REUSE_BATCH && !all_held(&mut batch) {
                     return Ok(None);
                 }
                 let i = stats.chunks;
@@ -421,6 +433,9 @@ pub fn reuse_manifest(
                 stats.zero_bytes += len;
             }
         }
+    }
+    if !batch.is_empty() && !all_held(&mut batch) {
+        return Ok(None);
     }
     progress.start(h.image_size);
     progress.advance(h.image_size);

@@ -61,6 +61,10 @@ pub struct Config {
     /// temporary file and are uploaded in parts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub manifest_memory: Option<String>,
+    /// Bytes of index records sorted in memory at a time (e.g. "2M"); more go through
+    /// temporary files, so a restore's and a snapshot's index do not grow with the image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index_memory: Option<String>,
     /// The regions, home region of new instances first.
     #[serde(rename = "region")]
     pub regions: Vec<RegionSpec>,
@@ -86,6 +90,7 @@ impl Config {
             upload_concurrency: None,
             region_buffer: None,
             manifest_memory: None,
+            index_memory: None,
             regions: DEFAULT_REGIONS
                 .iter()
                 .map(|(name, country)| RegionSpec {
@@ -182,6 +187,12 @@ impl Config {
             t.manifest_memory = geosnap_engine::chunker::parse_size(v)
                 .filter(|n| *n <= 1 << 30)
                 .ok_or_else(|| format!("manifest_memory {v:?} is not a size from 0 to 1G"))?;
+        }
+        if let Some(v) = &self.index_memory {
+            t.index_memory = geosnap_engine::chunker::parse_size(v)
+                .filter(|n| *n <= 1 << 30)
+                .map(|n| n as usize)
+                .ok_or_else(|| format!("index_memory {v:?} is not a size from 0 to 1G"))?;
         }
         if let Some(n) = self.upload_concurrency {
             if !(1..=256).contains(&n) {

@@ -151,7 +151,8 @@ pub async fn restore_snapshot(
         }
     }
     // The preferred store's index is needed to plan; others are read only if needed.
-    let primary_index = load_sorted(&stores[0], &wanted).await?;
+    let index_memory = regions.tuning.index_memory;
+    let primary_index = load_sorted(&stores[0], &wanted, index_memory).await?;
     let indexes = stores.iter().map(|_| OnceLock::new()).collect::<Vec<_>>();
     let _ = indexes[0].set(Some(primary_index));
     let source = Arc::new(RegionSource {
@@ -159,6 +160,7 @@ pub async fn restore_snapshot(
         stores,
         indexes,
         wanted,
+        index_memory,
         window: RwLock::default(),
         primary_down: AtomicBool::new(false),
         recovered: Mutex::default(),
@@ -263,8 +265,12 @@ fn spill(action: &'static str, source: io::Error) -> geosnap_engine::Error {
 /// Reads every index object of `bucket` into a [`SortedIndex`], keeping only the chunks
 /// `wanted` may contain. A damaged index object is passed over: the chunks it names are
 /// missing here, so they are fetched from another store and repaired.
-pub async fn load_sorted(bucket: &Bucket, wanted: &ChunkFilter) -> Result<SortedIndex> {
-    let mut builder = SortedIndexBuilder::new();
+pub async fn load_sorted(
+    bucket: &Bucket,
+    wanted: &ChunkFilter,
+    memory: usize,
+) -> Result<SortedIndex> {
+    let mut builder = SortedIndexBuilder::with_memory(memory);
     let mut failed: Option<io::Error> = None;
     index::visit(bucket, |_, entries| {
         for e in entries.into_iter().flatten() {
@@ -330,6 +336,8 @@ struct RegionSource {
     indexes: Vec<OnceLock<Option<SortedIndex>>>,
     /// The chunks the manifest may name: what is kept of each store's index.
     wanted: ChunkFilter,
+    /// Bytes of index entries each store's index sorts in memory.
+    index_memory: usize,
     /// The frames of the window being restored in the preferred store, by id: found once
     /// when the window is planned, read by every fetch of it.
     window: RwLock<Vec<(ChunkId, Option<FrameRef>)>>,
@@ -350,10 +358,11 @@ impl RegionSource {
     fn index(&self, n: usize) -> Option<&SortedIndex> {
         self.indexes[n]
             .get_or_init(|| {
-                match self
-                    .handle
-                    .block_on(load_sorted(&self.stores[n], &self.wanted))
-                {
+                match self.handle.block_on(load_sorted(
+                    &self.stores[n],
+                    &self.wanted,
+                    self.index_memory,
+                )) {
                     Ok(i) => Some(i),
                     Err(e) => {
                         tracing::warn!(store = %self.stores[n], error = %e, "index unreadable");
@@ -390,7 +399,10 @@ impl RegionSource {
         if !rest.is_empty() {
             rest.sort_unstable();
             let frames = index.lookup(&rest).map_err(|e| spill("read", e))?;
-            found.extend(rest.into_iter().zip(frames));
+            found.extend(
+                rest.into_iter()
+                    .zip(frames.into_iter().map(|e| e.map(|e| e.frame()))),
+            );
         }
         Ok(by_frame(found.into_iter()))
     }
@@ -409,7 +421,11 @@ impl ChunkSource for RegionSource {
                 return one_by_one();
             }
         };
-        let mut window: Vec<(ChunkId, Option<FrameRef>)> = ids.iter().copied().zip(found).collect();
+        let mut window: Vec<(ChunkId, Option<FrameRef>)> = ids
+            .iter()
+            .copied()
+            .zip(found.into_iter().map(|e| e.map(|e| e.frame())))
+            .collect();
         window.sort_unstable_by_key(|(id, _)| *id);
         let (frames, unknown) = by_frame(window.iter().copied());
         if let Ok(mut w) = self.window.write() {

@@ -184,6 +184,10 @@ pub struct Tuning {
     /// The largest manifest held in memory; larger ones are written to and read from an
     /// anonymous temporary file (and uploaded in parts).
     pub manifest_memory: u64,
+    /// Bytes of index records (a restore's chunk locations, a snapshot's view of what the
+    /// stores hold) sorted in memory at a time; more are sorted in runs through temporary
+    /// files ([`crate::sorted`]), so this bounds their memory whatever the image size.
+    pub index_memory: usize,
 }
 
 impl Default for Tuning {
@@ -194,6 +198,7 @@ impl Default for Tuning {
             detach_after: std::time::Duration::from_secs(2),
             pack_bytes: 16 << 20,
             manifest_memory: 16 << 20,
+            index_memory: crate::sorted::RUN_MEMORY,
         }
     }
 }

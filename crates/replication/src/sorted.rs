@@ -1,16 +1,16 @@
-//! A store's index entries sorted by chunk id in a temporary file, found through one fence
-//! per block kept in memory: what a restore knows of where its chunks are, in memory that
-//! does not grow with the image (8 bytes per 32 entries instead of 36 bytes per entry).
+//! Records keyed by chunk id, sorted into a temporary file and found through one fence per
+//! block kept in memory: what a restore knows of where its chunks are, and what a snapshot
+//! knows of which chunks the stores hold, in memory that does not grow with the image
+//! (8 bytes per 32 records instead of 36 or more bytes per record in a hash table).
 //!
-//! Entries arrive in any order, the later of two for one chunk winning (index objects are
-//! read oldest first, and a repair's entry shadows the damaged copy). They are sorted in
-//! runs of [`RUN_ENTRIES`], each run written to a temporary file, and the runs merged
-//! into one file of [`Entry::ENCODED_LEN`]-byte records in id order, at most [`FAN_IN`]
-//! runs at a time. If everything fits in one run, the sorted run stays in memory and no
-//! file is written.
+//! Records arrive in any order; two for one chunk are folded into one
+//! ([`Record::absorb`]: for index entries the later wins, since index objects are read
+//! oldest first and a repair's entry shadows the damaged copy). They are sorted in runs of
+//! [`RUN_ENTRIES`], each run written to a temporary file, and the runs merged into one file
+//! of fixed-size records in id order, at most [`FAN_IN`] runs at a time. If everything
+//! fits in one run, the sorted run stays in memory and no file is written.
 //!
-//! Lookups come sorted (a restore plans a window's chunks in id order), so neighbouring
-//! ids share block reads.
+//! Sorted lookups (a restore plans a window's chunks in id order) share block reads.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -20,44 +20,94 @@ use std::os::unix::fs::FileExt;
 
 use geosnap_engine::ChunkId;
 
-use crate::index::{Entry, FrameRef};
+use crate::index::Entry;
 
-/// Entries sorted in memory before a run is written: 2 MiB of entries.
-pub const RUN_ENTRIES: usize = 32 << 10;
+/// Bytes of records sorted in memory before a run is written, by default
+/// ([`crate::Tuning::index_memory`]).
+pub const RUN_MEMORY: usize = 2 << 20;
+/// Index entries sorted in memory before a run is written, by default.
+pub const RUN_ENTRIES: usize = RUN_MEMORY / size_of::<Entry>();
 /// Runs merged at once; each is read through a 64 KiB buffer.
 pub const FAN_IN: usize = 64;
-/// Entries per block; one fence (the first 8 bytes of the block's first id) per block.
+/// Records per block; one fence (the first 8 bytes of the block's first id) per block.
 pub const BLOCK_ENTRIES: usize = 32;
-const RECORD: usize = Entry::ENCODED_LEN;
-const BLOCK_BYTES: usize = BLOCK_ENTRIES * RECORD;
+/// Bytes a dense batch of lookups reads at once (most blocks hold an id it asks for).
+const READ_AHEAD: usize = 16 << 10;
 const MERGE_BUFFER: usize = 64 << 10;
+/// Longest record: a lookup reads a block or two into a buffer on the stack.
+const MAX_RECORD: usize = 64;
 
-/// Collects entries; [`SortedIndexBuilder::finish`] sorts them.
+/// A fixed-size record about one chunk.
+pub trait Record: Copy + Send + Sync + std::fmt::Debug + 'static {
+    /// Bytes of the encoding, at most 64; the first 32 are the chunk id.
+    const LEN: usize;
+
+    /// The chunk the record is about.
+    fn chunk(&self) -> &ChunkId;
+
+    /// Writes the encoding into `out` (`LEN` bytes, starting with the chunk id).
+    fn encode(&self, out: &mut [u8]);
+
+    /// Reads an encoding written by [`Record::encode`].
+    fn decode(bytes: &[u8]) -> Self;
+
+    /// Folds `newer`, a later record for the same chunk, into this one.
+    fn absorb(&mut self, newer: Self);
+}
+
+impl Record for Entry {
+    const LEN: usize = Entry::ENCODED_LEN;
+
+    fn chunk(&self) -> &ChunkId {
+        &self.chunk
+    }
+
+    fn encode(&self, out: &mut [u8]) {
+        out.copy_from_slice(&self.to_bytes());
+    }
+
+    fn decode(bytes: &[u8]) -> Self {
+        Entry::from_bytes(bytes)
+    }
+
+    /// The later entry wins: a repair's shadows the damaged copy.
+    fn absorb(&mut self, newer: Self) {
+        *self = newer;
+    }
+}
+
+/// Collects records; [`SortedIndexBuilder::finish`] sorts them.
 #[derive(Debug)]
-pub struct SortedIndexBuilder {
+pub struct SortedIndexBuilder<R: Record = Entry> {
     /// The current run, in arrival order.
-    run: Vec<Entry>,
+    run: Vec<R>,
     /// Runs written so far, oldest first, each sorted with one entry per chunk.
     runs: Vec<File>,
     run_entries: usize,
     fan_in: usize,
 }
 
-impl Default for SortedIndexBuilder {
+impl<R: Record> Default for SortedIndexBuilder<R> {
     fn default() -> Self {
         SortedIndexBuilder::with_limits(RUN_ENTRIES, FAN_IN)
     }
 }
 
-impl SortedIndexBuilder {
+impl<R: Record> SortedIndexBuilder<R> {
     /// An empty builder.
-    pub fn new() -> SortedIndexBuilder {
-        SortedIndexBuilder::default()
+    pub fn new() -> Self {
+        Self::default()
     }
 
-    /// An empty builder that sorts `run_entries` entries in memory at a time and merges
+    /// An empty builder that sorts `bytes` of records in memory at a time.
+    pub fn with_memory(bytes: usize) -> Self {
+        Self::with_limits(bytes / size_of::<R>(), FAN_IN)
+    }
+
+    /// An empty builder that sorts `run_entries` records in memory at a time and merges
     /// `fan_in` runs at once (tests use small ones to reach every path quickly).
-    pub fn with_limits(run_entries: usize, fan_in: usize) -> SortedIndexBuilder {
+    pub fn with_limits(run_entries: usize, fan_in: usize) -> Self {
+        const { assert!(R::LEN >= 32 && R::LEN <= MAX_RECORD) };
         SortedIndexBuilder {
             run: Vec::new(),
             runs: Vec::new(),
@@ -66,9 +116,9 @@ impl SortedIndexBuilder {
         }
     }
 
-    /// Adds an entry; it shadows any earlier one for the same chunk.
-    pub fn push(&mut self, entry: Entry) -> io::Result<()> {
-        self.run.push(entry);
+    /// Adds a record; an earlier one for the same chunk absorbs it.
+    pub fn push(&mut self, record: R) -> io::Result<()> {
+        self.run.push(record);
         if self.run.len() >= self.run_entries {
             let run = sorted_run(std::mem::take(&mut self.run));
             self.runs.push(write_run(&run)?);
@@ -79,7 +129,7 @@ impl SortedIndexBuilder {
     }
 
     /// Sorts what was pushed into a [`SortedIndex`].
-    pub fn finish(mut self) -> io::Result<SortedIndex> {
+    pub fn finish(mut self) -> io::Result<SortedIndex<R>> {
         let last = sorted_run(std::mem::take(&mut self.run));
         if self.runs.is_empty() {
             return Ok(SortedIndex {
@@ -101,7 +151,7 @@ impl SortedIndexBuilder {
                     break;
                 }
                 let mut out = BufWriter::with_capacity(MERGE_BUFFER, tempfile::tempfile()?);
-                merge(group, |r| out.write_all(r))?;
+                merge::<R>(group, |r| out.write_all(r))?;
                 merged.push(rewound(out)?);
             }
             runs = merged;
@@ -109,7 +159,7 @@ impl SortedIndexBuilder {
         let mut out = BufWriter::with_capacity(MERGE_BUFFER, tempfile::tempfile()?);
         let mut fences = Vec::new();
         let mut count = 0u64;
-        merge(runs, |r| {
+        merge::<R>(runs, |r| {
             if count.is_multiple_of(BLOCK_ENTRIES as u64) {
                 fences.push(fence(r));
             }
@@ -124,24 +174,35 @@ impl SortedIndexBuilder {
     }
 }
 
-/// Entries sorted by id, one per chunk: the last pushed for each.
-fn sorted_run(mut run: Vec<Entry>) -> Vec<Entry> {
-    // Stable: entries for one chunk stay in arrival order, and the last of them is kept.
-    run.sort_by_key(|e| e.chunk);
-    let mut out: Vec<Entry> = Vec::with_capacity(run.len());
-    for e in run {
+/// Id order, decided by the first 8 bytes as an integer nearly always (ids are hashes):
+/// sorting and merging a snapshot's view of its stores spent a fifth of its time in
+/// `memcmp` of whole ids.
+fn cmp_ids(a: &ChunkId, b: &ChunkId) -> std::cmp::Ordering {
+    prefix(a.as_bytes())
+        .cmp(&prefix(b.as_bytes()))
+        .then_with(|| a.cmp(b))
+}
+
+/// Records sorted by id, one per chunk: those pushed for it folded in arrival order.
+fn sorted_run<R: Record>(mut run: Vec<R>) -> Vec<R> {
+    // Stable: records for one chunk stay in arrival order.
+    run.sort_by(|a, b| cmp_ids(a.chunk(), b.chunk()));
+    let mut out: Vec<R> = Vec::with_capacity(run.len());
+    for r in run {
         match out.last_mut() {
-            Some(last) if last.chunk == e.chunk => *last = e,
-            _ => out.push(e),
+            Some(last) if last.chunk() == r.chunk() => last.absorb(r),
+            _ => out.push(r),
         }
     }
     out
 }
 
-fn write_run(run: &[Entry]) -> io::Result<File> {
+fn write_run<R: Record>(run: &[R]) -> io::Result<File> {
     let mut out = BufWriter::with_capacity(MERGE_BUFFER, tempfile::tempfile()?);
-    for e in run {
-        out.write_all(&e.to_bytes())?;
+    let mut buf = [0u8; MAX_RECORD];
+    for r in run {
+        r.encode(&mut buf[..R::LEN]);
+        out.write_all(&buf[..R::LEN])?;
     }
     rewound(out)
 }
@@ -153,36 +214,53 @@ fn rewound(out: BufWriter<File>) -> io::Result<File> {
     Ok(file)
 }
 
-/// Merges sorted runs (oldest first) into `emit`, one record per chunk: of records for the
-/// same chunk, the one from the newest run.
-fn merge(runs: Vec<File>, mut emit: impl FnMut(&[u8]) -> io::Result<()>) -> io::Result<()> {
+/// Merges sorted runs (oldest first) into `emit`, one record per chunk: the records for
+/// one chunk folded oldest run first.
+fn merge<R: Record>(
+    runs: Vec<File>,
+    mut emit: impl FnMut(&[u8]) -> io::Result<()>,
+) -> io::Result<()> {
     let mut readers: Vec<BufReader<File>> = runs
         .into_iter()
         .map(|f| BufReader::with_capacity(MERGE_BUFFER, f))
         .collect();
-    let mut heads: Vec<[u8; RECORD]> = vec![[0; RECORD]; readers.len()];
-    // Min-heap of (id, newest run first): the first record popped for an id is the winner.
-    let mut heap: BinaryHeap<Reverse<([u8; 32], Reverse<usize>)>> = BinaryHeap::new();
+    let mut heads: Vec<[u8; MAX_RECORD]> = vec![[0; MAX_RECORD]; readers.len()];
+    // Min-heap of (id, oldest run first), the id's first 8 bytes compared first.
+    let mut heap: BinaryHeap<Reverse<(u64, [u8; 32], usize)>> = BinaryHeap::new();
     for (n, r) in readers.iter_mut().enumerate() {
-        if read_record(r, &mut heads[n])? {
-            heap.push(Reverse((id_of(&heads[n]), Reverse(n))));
+        if read_record(r, &mut heads[n][..R::LEN])? {
+            heap.push(Reverse((fence(&heads[n]), id_of(&heads[n]), n)));
         }
     }
-    let mut last: Option<[u8; 32]> = None;
-    while let Some(Reverse((id, Reverse(n)))) = heap.pop() {
-        if last != Some(id) {
-            emit(&heads[n])?;
-            last = Some(id);
+    let mut folded: Option<R> = None;
+    let mut out = [0u8; MAX_RECORD];
+    while let Some(Reverse((_, id, n))) = heap.pop() {
+        let record = R::decode(&heads[n][..R::LEN]);
+        folded = match folded {
+            Some(mut f) if f.chunk().0 == id => {
+                f.absorb(record);
+                Some(f)
+            }
+            Some(f) => {
+                f.encode(&mut out[..R::LEN]);
+                emit(&out[..R::LEN])?;
+                Some(record)
+            }
+            None => Some(record),
+        };
+        if read_record(&mut readers[n], &mut heads[n][..R::LEN])? {
+            heap.push(Reverse((fence(&heads[n]), id_of(&heads[n]), n)));
         }
-        if read_record(&mut readers[n], &mut heads[n])? {
-            heap.push(Reverse((id_of(&heads[n]), Reverse(n))));
-        }
+    }
+    if let Some(f) = folded {
+        f.encode(&mut out[..R::LEN]);
+        emit(&out[..R::LEN])?;
     }
     Ok(())
 }
 
 /// Reads one record; false at the end of the run.
-fn read_record(r: &mut impl Read, buf: &mut [u8; RECORD]) -> io::Result<bool> {
+fn read_record(r: &mut impl Read, buf: &mut [u8]) -> io::Result<bool> {
     match r.read_exact(buf) {
         Ok(()) => Ok(true),
         Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(false),
@@ -204,21 +282,21 @@ fn prefix(id: &[u8]) -> u64 {
     u64::from_be_bytes([id[0], id[1], id[2], id[3], id[4], id[5], id[6], id[7]])
 }
 
-enum Storage {
+enum Storage<R> {
     /// Everything fitted in one run.
-    Memory(Vec<Entry>),
+    Memory(Vec<R>),
     /// Sorted records in a temporary file.
     File { file: File, count: u64 },
 }
 
-/// Chunk → frame for the entries a [`SortedIndexBuilder`] was given.
-pub struct SortedIndex {
-    storage: Storage,
+/// Chunk → record, for the records a [`SortedIndexBuilder`] was given.
+pub struct SortedIndex<R: Record = Entry> {
+    storage: Storage<R>,
     /// First 8 bytes of the first id of each block of the file.
     fences: Vec<u64>,
 }
 
-impl std::fmt::Debug for SortedIndex {
+impl<R: Record> std::fmt::Debug for SortedIndex<R> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SortedIndex")
             .field("len", &self.len())
@@ -227,7 +305,7 @@ impl std::fmt::Debug for SortedIndex {
     }
 }
 
-impl SortedIndex {
+impl<R: Record> SortedIndex<R> {
     /// Chunks indexed.
     pub fn len(&self) -> u64 {
         match &self.storage {
@@ -244,26 +322,31 @@ impl SortedIndex {
     /// Bytes of memory the index holds beyond its file.
     pub fn memory(&self) -> usize {
         match &self.storage {
-            Storage::Memory(v) => v.capacity() * size_of::<Entry>(),
+            Storage::Memory(v) => v.capacity() * size_of::<R>(),
             Storage::File { .. } => self.fences.capacity() * 8,
         }
     }
 
-    /// The frame of each of `ids`, in their order. Sorted ids are found with one read per
+    /// The record of each of `ids`, in their order. Sorted ids are found with one read per
     /// block they touch; unsorted ones cost a read each.
-    pub fn lookup(&self, ids: &[ChunkId]) -> io::Result<Vec<Option<FrameRef>>> {
+    pub fn lookup(&self, ids: &[ChunkId]) -> io::Result<Vec<Option<R>>> {
         match &self.storage {
             Storage::Memory(v) => Ok(ids
                 .iter()
-                .map(|id| {
-                    v.binary_search_by(|e| e.chunk.cmp(id))
-                        .ok()
-                        .map(|i| v[i].frame())
-                })
+                .map(|id| v.binary_search_by(|r| r.chunk().cmp(id)).ok().map(|i| v[i]))
                 .collect()),
             Storage::File { file, count } => {
+                // Dense: on average an id or more per block; then blocks are read 16 KiB at
+                // a time.
+                let dense = ids.len() >= self.fences.len();
                 let mut blocks = Blocks {
                     file,
+                    record: R::LEN,
+                    ahead: if dense {
+                        READ_AHEAD / (BLOCK_ENTRIES * R::LEN)
+                    } else {
+                        1
+                    },
                     count: *count,
                     first: 0,
                     bytes: Vec::new(),
@@ -274,9 +357,36 @@ impl SortedIndex {
                             return Ok(None);
                         };
                         let records = blocks.load(range)?;
-                        Ok(find(records, id))
+                        Ok(find::<R>(records, id))
                     })
                     .collect()
+            }
+        }
+    }
+
+    /// The record of `id`, with one read (two if its block starts with ids that share its
+    /// first 8 bytes, which only crafted ids do).
+    pub fn get(&self, id: &ChunkId) -> io::Result<Option<R>> {
+        match &self.storage {
+            Storage::Memory(v) => Ok(v.binary_search_by(|r| r.chunk().cmp(id)).ok().map(|i| v[i])),
+            Storage::File { file, count } => {
+                let Some((start, end)) = self.blocks_of(id) else {
+                    return Ok(None);
+                };
+                let block = BLOCK_ENTRIES * R::LEN;
+                let from = (start * block) as u64;
+                let to = ((end * block) as u64).min(*count * R::LEN as u64);
+                let len = (to - from) as usize;
+                let mut stack = [0u8; 2 * BLOCK_ENTRIES * MAX_RECORD];
+                let mut heap = Vec::new();
+                let buf = if len <= stack.len() {
+                    &mut stack[..len]
+                } else {
+                    heap.resize(len, 0);
+                    &mut heap[..]
+                };
+                file.read_exact_at(buf, from)?;
+                Ok(find::<R>(buf, id))
             }
         }
     }
@@ -297,6 +407,9 @@ impl SortedIndex {
 /// The blocks last read from the file.
 struct Blocks<'a> {
     file: &'a File,
+    record: usize,
+    /// Blocks read at once at least.
+    ahead: usize,
     count: u64,
     first: usize,
     bytes: Vec<u8>,
@@ -305,31 +418,33 @@ struct Blocks<'a> {
 impl Blocks<'_> {
     /// The records of blocks `start..end`, read unless they were the last ones read.
     fn load(&mut self, (start, end): (usize, usize)) -> io::Result<&[u8]> {
-        let held = self.bytes.len().div_ceil(BLOCK_BYTES);
+        let block = BLOCK_ENTRIES * self.record;
+        let held = self.bytes.len().div_ceil(block);
         if start < self.first || end > self.first + held {
-            let from = (start * BLOCK_BYTES) as u64;
-            let to = ((end * BLOCK_BYTES) as u64).min(self.count * RECORD as u64);
+            let from = (start * block) as u64;
+            let to =
+                ((end.max(start + self.ahead) * block) as u64).min(self.count * self.record as u64);
             self.bytes.resize((to - from) as usize, 0);
             self.file.read_exact_at(&mut self.bytes, from)?;
             self.first = start;
         }
-        let at = (start - self.first) * BLOCK_BYTES;
-        let len = ((end - start) * BLOCK_BYTES).min(self.bytes.len() - at);
+        let at = (start - self.first) * block;
+        let len = ((end - start) * block).min(self.bytes.len() - at);
         Ok(&self.bytes[at..at + len])
     }
 }
 
 /// Binary search of `id` among sorted records.
-fn find(records: &[u8], id: &ChunkId) -> Option<FrameRef> {
-    let n = records.len() / RECORD;
-    let at = |i: usize| &records[i * RECORD..(i + 1) * RECORD];
+fn find<R: Record>(records: &[u8], id: &ChunkId) -> Option<R> {
+    let n = records.len() / R::LEN;
+    let at = |i: usize| &records[i * R::LEN..(i + 1) * R::LEN];
     let (mut lo, mut hi) = (0, n);
     while lo < hi {
         let mid = (lo + hi) / 2;
         match at(mid)[..32].cmp(id.as_bytes()) {
             std::cmp::Ordering::Less => lo = mid + 1,
             std::cmp::Ordering::Greater => hi = mid,
-            std::cmp::Ordering::Equal => return Some(Entry::from_bytes(at(mid)).frame()),
+            std::cmp::Ordering::Equal => return Some(R::decode(at(mid))),
         }
     }
     None
@@ -342,7 +457,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::index::PackId;
+    use crate::index::{FrameRef, PackId};
 
     fn entry(id: ChunkId, version: u32) -> Entry {
         Entry {
@@ -354,7 +469,8 @@ mod tests {
     }
 
     /// Builds an index of `pushes` with `builder` and checks every pushed id, and every
-    /// id of `absent`, against a map of the newest entries, in sorted and in reverse order.
+    /// id of `absent`, against a map of the newest entries, in sorted and in reverse order
+    /// and one by one.
     fn check(mut builder: SortedIndexBuilder, pushes: &[Entry], absent: &[ChunkId]) -> SortedIndex {
         let mut newest: HashMap<ChunkId, FrameRef> = HashMap::new();
         for e in pushes {
@@ -365,9 +481,9 @@ mod tests {
         assert_eq!(index.len(), newest.len() as u64);
         let mut ids: Vec<ChunkId> = newest.keys().chain(absent).copied().collect();
         ids.sort();
-        let sorted = index.lookup(&ids).unwrap();
+        let sorted: Vec<Option<FrameRef>> = frames(index.lookup(&ids).unwrap());
         let reversed: Vec<ChunkId> = ids.iter().rev().copied().collect();
-        let mut unsorted = index.lookup(&reversed).unwrap();
+        let mut unsorted = frames(index.lookup(&reversed).unwrap());
         unsorted.reverse();
         for (i, id) in ids.iter().enumerate() {
             assert_eq!(
@@ -384,6 +500,10 @@ mod tests {
             );
         }
         index
+    }
+
+    fn frames(found: Vec<Option<Entry>>) -> Vec<Option<FrameRef>> {
+        found.into_iter().map(|e| e.map(|e| e.frame())).collect()
     }
 
     fn id(i: u64) -> ChunkId {

@@ -31,6 +31,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
 use crate::bucket::Bucket;
 use crate::region::{Regions, Tuning};
+use crate::sorted::{Record, SortedIndex, SortedIndexBuilder};
 use crate::{Error, Result, layout};
 
 /// What to snapshot.
@@ -87,11 +88,15 @@ pub async fn write_snapshot(
     let tuning = regions.tuning;
     let id = req.meta.id;
 
-    // What each store holds, and an in-flight marker so gc spares what we add. One map
-    // for all stores (bit i: store i holds the chunk), filled as their indexes stream in.
-    let held: Mutex<geosnap_engine::IdMap<u32>> = Mutex::default();
+    // What each store holds, and an in-flight marker so gc spares what we add. One index
+    // for all stores (bit i: store i holds the chunk), filled as their indexes stream in,
+    // sorted by id into a temporary file: its memory does not grow with the stores.
+    let held = Mutex::new(SortedIndexBuilder::<Holders>::with_memory(
+        tuning.index_memory,
+    ));
+    let spill: Mutex<Option<std::io::Error>> = Mutex::default();
     let prepared = futures::future::join_all(buckets.into_iter().enumerate().map(|(i, b)| {
-        let held = &held;
+        let (held, spill) = (&held, &spill);
         async move {
             let ready = async {
                 let marker = layout::inflight(&id);
@@ -104,7 +109,15 @@ pub async fn write_snapshot(
                     Ok(entries) => {
                         if let Ok(mut h) = held.lock() {
                             for e in entries {
-                                *h.entry(e.chunk).or_default() |= target_bit(i);
+                                let holders = Holders {
+                                    chunk: e.chunk,
+                                    stores: target_bit(i),
+                                };
+                                if let Err(err) = h.push(holders)
+                                    && let Ok(mut s) = spill.lock()
+                                {
+                                    s.get_or_insert(err);
+                                }
                             }
                         }
                     }
@@ -124,12 +137,29 @@ pub async fn write_snapshot(
         }
     }))
     .await;
-    let held = held.into_inner().unwrap_or_default();
     let targets: Vec<Arc<Target>> = prepared.into_iter().map(Arc::new).collect();
     if let Err(e) = check_quorum(&targets, quorum) {
         cleanup(&targets, &id, false).await;
         return Err(e);
     }
+    let held = held.into_inner().unwrap_or_default();
+    let held = match spill.into_inner().ok().flatten() {
+        Some(e) => Err(e),
+        None => tokio::task::spawn_blocking(move || held.finish())
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string()))),
+    };
+    let held = match held {
+        Ok(held) => held,
+        Err(source) => {
+            cleanup(&targets, &id, false).await;
+            return Err(Error::Engine(geosnap_engine::Error::Spill {
+                action: "write",
+                what: HELD_FILE,
+                source,
+            }));
+        }
+    };
 
     let sink = Arc::new(Sink {
         targets: targets.clone(),
@@ -165,9 +195,7 @@ pub async fn write_snapshot(
             let image = Image::open(&image)?;
             if let Some(previous) = reuse {
                 // Every store still writing must hold every chunk.
-                let held = |id: &ChunkId| {
-                    (0..sink.targets.len()).all(|i| !sink.targets[i].active() || sink.holds(i, id))
-                };
+                let held = |ids: &[ChunkId]| sink.all_held(ids);
                 let seed = u64::from_le_bytes(id.0[8..].try_into().unwrap_or_default());
                 match reuse_manifest(&previous, &image, options.chunker, seed, held, &*progress) {
                     Ok(Some(scanned)) => return Ok((scanned, Some(previous.header().meta.id))),
@@ -565,7 +593,7 @@ async fn upload(
 struct Sink {
     targets: Vec<Arc<Target>>,
     /// Chunks some target held before the snapshot: bit i set if `targets[i]` holds it.
-    held: geosnap_engine::IdMap<u32>,
+    held: SortedIndex<Holders>,
     /// Chunks this snapshot has claimed, in bounded memory: forgetting one only stores a
     /// later copy of it again.
     claimed: Mutex<geosnap_engine::RecentIds>,
@@ -581,10 +609,74 @@ fn target_bit(i: usize) -> u32 {
     1 << i
 }
 
+/// Which stores held a chunk before the snapshot: bit i for `targets[i]`.
+#[derive(Clone, Copy, Debug)]
+struct Holders {
+    chunk: ChunkId,
+    stores: u32,
+}
+
+impl Record for Holders {
+    const LEN: usize = 36;
+
+    fn chunk(&self) -> &ChunkId {
+        &self.chunk
+    }
+
+    fn encode(&self, out: &mut [u8]) {
+        out[..32].copy_from_slice(self.chunk.as_bytes());
+        out[32..36].copy_from_slice(&self.stores.to_le_bytes());
+    }
+
+    fn decode(bytes: &[u8]) -> Self {
+        let mut chunk = [0u8; 32];
+        chunk.copy_from_slice(&bytes[..32]);
+        Holders {
+            chunk: ChunkId(chunk),
+            stores: u32::from_le_bytes([bytes[32], bytes[33], bytes[34], bytes[35]]),
+        }
+    }
+
+    fn absorb(&mut self, newer: Self) {
+        self.stores |= newer.stores;
+    }
+}
+
+/// The snapshot's name for its temporary file of what the stores hold, in errors.
+const HELD_FILE: &str = "the snapshot's temporary file of the chunks the stores hold";
+
 impl Sink {
-    /// Whether `targets[i]` held chunk `id` before the snapshot.
-    fn holds(&self, i: usize, id: &ChunkId) -> bool {
-        self.held.get(id).is_some_and(|m| m & target_bit(i) != 0)
+    /// The targets that held chunk `id` before the snapshot, as bits. A failed read of the
+    /// temporary file counts as "none": the chunk is stored again, which is safe.
+    fn held_by(&self, id: &ChunkId) -> u32 {
+        match self.held.get(id) {
+            Ok(h) => h.map_or(0, |h| h.stores),
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot read {HELD_FILE}; storing the chunk");
+                0
+            }
+        }
+    }
+
+    /// The bits of the targets still writing.
+    fn active_bits(&self) -> u32 {
+        self.targets
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| t.active())
+            .fold(0, |m, (i, _)| m | target_bit(i))
+    }
+
+    /// Whether every target still writing held every one of `ids` (sorted) before the
+    /// snapshot.
+    fn all_held(&self, ids: &[ChunkId]) -> bool {
+        let active = self.active_bits();
+        match self.held.lookup(ids) {
+            Ok(found) => found
+                .iter()
+                .all(|h| h.is_some_and(|h| h.stores & active == active)),
+            Err(_) => false,
+        }
     }
 
     fn active(&self) -> usize {
@@ -641,13 +733,7 @@ impl ChunkSink for Sink {
     fn claim(&self, id: &ChunkId) -> Option<u32> {
         // The class is the set of targets that lack the chunk: a frame then goes only to
         // targets that lack every chunk in it.
-        let held = self.held.get(id).copied().unwrap_or(0);
-        let lacking = self
-            .targets
-            .iter()
-            .enumerate()
-            .filter(|(i, t)| t.active() && held & target_bit(*i) == 0)
-            .fold(0u32, |m, (i, _)| m | target_bit(i));
+        let lacking = self.active_bits() & !self.held_by(id);
         let fresh = lacking != 0
             && self
                 .claimed
@@ -658,8 +744,13 @@ impl ChunkSink for Sink {
     }
 
     fn put_frame(&self, frame: EncodedFrame) -> std::result::Result<(), geosnap_engine::Error> {
+        // A frame's chunks share one class, so this is nearly always one bit set for all.
+        let held = frame
+            .chunks
+            .iter()
+            .fold(u32::MAX, |m, (id, _)| m & self.held_by(id));
         for (i, t) in self.targets.iter().enumerate() {
-            if !t.active() || frame.chunks.iter().all(|(id, _)| self.holds(i, id)) {
+            if !t.active() || held & target_bit(i) != 0 {
                 continue;
             }
             let Some(permit) = self.reserve(t, frame.bytes.len()) else {
