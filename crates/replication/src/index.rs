@@ -174,6 +174,12 @@ pub fn encode(entries: &[Entry]) -> Bytes {
 
 /// Parses an index object; damage is an error saying what is wrong.
 pub fn decode(bytes: &[u8]) -> std::result::Result<Vec<Entry>, String> {
+    entries(bytes).map(Iterator::collect)
+}
+
+/// The entries of an index object, decoded as they are iterated, after its checksum and
+/// length are checked; damage is an error saying what is wrong.
+pub fn entries(bytes: &[u8]) -> std::result::Result<Entries<'_>, String> {
     if bytes.len() < PREFIX_LEN + 32 || bytes[..8] != INDEX_MAGIC {
         return Err("not a geosnap index (bad magic or too short)".into());
     }
@@ -189,17 +195,33 @@ pub fn decode(bytes: &[u8]) -> std::result::Result<Vec<Entry>, String> {
     if PREFIX_LEN + count * ENTRY_LEN != body {
         return Err("index entry count does not match its length".into());
     }
-    Ok(bytes[PREFIX_LEN..body]
-        .chunks_exact(ENTRY_LEN)
-        .map(Entry::from_bytes)
-        .collect())
+    Ok(Entries(bytes[PREFIX_LEN..body].chunks_exact(ENTRY_LEN)))
 }
 
-/// Reads every index object of `bucket` in name order (oldest first), eight at a time,
-/// and hands each one's entries, or why they do not decode, to `f`.
+/// Entries of a checked index object, decoded one at a time.
+#[derive(Debug)]
+pub struct Entries<'a>(std::slice::ChunksExact<'a, u8>);
+
+impl Iterator for Entries<'_> {
+    type Item = Entry;
+
+    fn next(&mut self) -> Option<Entry> {
+        self.0.next().map(Entry::from_bytes)
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.0.size_hint()
+    }
+}
+
+/// Reads every index object of `bucket` in name order (oldest first) and hands each one's
+/// entries, or why they do not decode, to `f`. Eight objects are read at a time from a
+/// remote store (to hide its latency), two from a local one: each is up to 3.5 MiB, and
+/// with eight from each of three stores a second snapshot of an 8 GiB image held some
+/// 20 MiB more at its peak than with two (measured with `/usr/bin/time`).
 pub async fn visit(
     bucket: &Bucket,
-    mut f: impl FnMut(PackId, std::result::Result<Vec<Entry>, String>),
+    mut f: impl FnMut(PackId, std::result::Result<Entries<'_>, String>),
 ) -> Result<()> {
     use futures::StreamExt;
     let mut ids: Vec<PackId> = bucket
@@ -211,10 +233,10 @@ pub async fn visit(
     ids.sort();
     let mut fetched = futures::stream::iter(ids)
         .map(|id| async move { (id, bucket.get(&key(&id)).await) })
-        .buffered(8);
+        .buffered(if bucket.remote.is_some() { 8 } else { 2 });
     while let Some((id, got)) = fetched.next().await {
         match got {
-            Ok(bytes) => f(id, decode(&bytes)),
+            Ok(bytes) => f(id, entries(&bytes)),
             // Deleted by a gc between the listing and the read: its entries live on in the
             // consolidated object gc wrote first.
             Err(e) if e.is_not_found() => {}
