@@ -57,7 +57,7 @@ pub struct Config {
     /// Bytes that may wait for one region before it holds the others back (e.g. "64M").
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub region_buffer: Option<String>,
-    /// The largest manifest held in memory (e.g. "16M"); larger ones go through a
+    /// The largest manifest held in memory (e.g. "1M"); larger ones go through a
     /// temporary file and are uploaded in parts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub manifest_memory: Option<String>,

@@ -284,8 +284,9 @@ impl Bucket {
     }
 
     /// Writes a manifest: in one put from memory, or from its temporary file as a
-    /// multipart upload of [`MANIFEST_PART`]-byte parts, the next part read while the last
-    /// one is sent, so that a manifest of any size passes through two parts of memory.
+    /// multipart upload of [`MANIFEST_PART`]-byte parts ([`LOCAL_MANIFEST_PART`] to a
+    /// local directory), the next part read while the last one is sent, so that a manifest
+    /// of any size passes through two parts of memory.
     pub async fn put_manifest(&self, id: &SnapshotId, bytes: &ManifestBytes) -> Result<()> {
         let key = layout::manifest(id);
         if let Some(b) = bytes.as_memory() {
@@ -293,10 +294,14 @@ impl Bucket {
         }
         let got = retry(self.retry, || async {
             let upload = self.store.put_multipart(&key).await?;
-            let mut w = WriteMultipart::new_with_chunk_size(upload, MANIFEST_PART);
+            let part_size = match self.remote {
+                Some(_) => MANIFEST_PART,
+                None => LOCAL_MANIFEST_PART,
+            };
+            let mut w = WriteMultipart::new_with_chunk_size(upload, part_size);
             let mut offset = 0;
             while offset < bytes.len() {
-                let n = (bytes.len() - offset).min(MANIFEST_PART as u64) as usize;
+                let n = (bytes.len() - offset).min(part_size as u64) as usize;
                 let mut part = vec![0u8; n];
                 if let Err(e) = bytes.read_exact_at(&mut part, offset) {
                     self.abort_upload(w, &key).await;
@@ -355,6 +360,10 @@ fn spool_file(
 /// Size of one part of a manifest's multipart upload (S3 wants at least 5 MiB but the last).
 pub const MANIFEST_PART: usize = 8 << 20;
 
+/// Size of one part of a manifest written to a local directory, which has no minimum:
+/// with three regions, a manifest through its file costs 6 MiB of parts in memory at most.
+pub const LOCAL_MANIFEST_PART: usize = 1 << 20;
+
 /// The kind of transport failure (connect, timeout, ...) behind an S3 client error, if any.
 fn transport_failure(e: &object_store::Error) -> Option<object_store::client::HttpErrorKind> {
     let mut cur: &(dyn std::error::Error + 'static) = e;
@@ -397,7 +406,7 @@ mod tests {
             Arc::new(object_store::memory::InMemory::new()),
         ];
         // Two whole parts and a short one.
-        let data: Vec<u8> = (0..2 * MANIFEST_PART as u64 + 12_345)
+        let data: Vec<u8> = (0..2 * LOCAL_MANIFEST_PART as u64 + 12_345)
             .map(|i| (i.wrapping_mul(0x9E37_79B9) >> 13) as u8)
             .collect();
         let mut spool = Spool::new().unwrap();
@@ -450,7 +459,7 @@ mod tests {
             base: std::time::Duration::from_millis(1),
             max: std::time::Duration::from_millis(5),
         };
-        let data: Vec<u8> = (0..3 * MANIFEST_PART + 99)
+        let data: Vec<u8> = (0..3 * LOCAL_MANIFEST_PART + 99)
             .map(|i| (i % 251) as u8)
             .collect();
         let mut spool = Spool::new().unwrap();

@@ -182,7 +182,10 @@ pub struct Tuning {
     /// Size a pack is filled to before it is uploaded.
     pub pack_bytes: usize,
     /// The largest manifest held in memory; larger ones are written to and read from an
-    /// anonymous temporary file (and uploaded in parts).
+    /// anonymous temporary file (and uploaded in parts). 1 MiB by default, as for a
+    /// restore: an unchanged 8 GiB image's snapshot, which holds the previous manifest and
+    /// the new one, peaked at 25–27 MiB with it against 43–46 MiB with 16 MiB, in the same
+    /// time (`docs/benchmarks.md`, "Peak memory").
     pub manifest_memory: u64,
     /// Bytes of index records (a restore's chunk locations, a snapshot's view of what the
     /// stores hold) sorted in memory at a time; more are sorted in runs through temporary
@@ -197,7 +200,7 @@ impl Default for Tuning {
             buffer_bytes: 64 << 20,
             detach_after: std::time::Duration::from_secs(2),
             pack_bytes: 16 << 20,
-            manifest_memory: 16 << 20,
+            manifest_memory: 1 << 20,
             index_memory: crate::sorted::RUN_MEMORY,
         }
     }
