@@ -329,6 +329,23 @@ pub fn decode_frame(bytes: &[u8]) -> std::result::Result<DecodedFrame, geosnap_e
     })
 }
 
+/// A restore window's chunks and the frames holding them in the preferred store.
+#[derive(Default)]
+struct Window {
+    /// Chunk ids, sorted, each with its frame's number in `frames`.
+    ids: Vec<(ChunkId, u32)>,
+    frames: Vec<FrameRef>,
+}
+
+impl Window {
+    /// The number of a chunk the preferred store's index does not name.
+    const UNKNOWN: u32 = u32::MAX;
+
+    fn frame(&self, n: u32) -> Option<FrameRef> {
+        self.frames.get(n as usize).copied()
+    }
+}
+
 /// Chunks from a preferred store, then from the others.
 struct RegionSource {
     handle: Handle,
@@ -340,7 +357,7 @@ struct RegionSource {
     index_memory: usize,
     /// The frames of the window being restored in the preferred store, by id: found once
     /// when the window is planned, read by every fetch of it.
-    window: RwLock<Vec<(ChunkId, Option<FrameRef>)>>,
+    window: RwLock<Window>,
     primary_down: AtomicBool,
     recovered: Mutex<Vec<(ChunkId, Bytes)>>,
 }
@@ -388,8 +405,8 @@ impl RegionSource {
         match (n, self.window.read()) {
             (0, Ok(window)) => {
                 for id in ids {
-                    match window.binary_search_by_key(id, |(w, _)| *w) {
-                        Ok(i) => found.push(window[i]),
+                    match window.ids.binary_search_by_key(id, |(w, _)| *w) {
+                        Ok(i) => found.push((*id, window.frame(window.ids[i].1))),
                         Err(_) => rest.push(*id),
                     }
                 }
@@ -414,20 +431,41 @@ impl ChunkSource for RegionSource {
         let Some(index) = self.index(0) else {
             return one_by_one();
         };
-        let found = match index.lookup(ids) {
-            Ok(found) => found,
-            Err(e) => {
-                tracing::warn!(error = %spill("read", e), "planning chunk by chunk");
-                return one_by_one();
+        // Each id with its frame's number: 36 bytes an id, and a frame address for about
+        // every 16 ids (a window of 65,536 took 15 MB more at its peak as whole addresses).
+        let mut window = Window::default();
+        let mut numbers: HashMap<FrameRef, u32> = HashMap::new();
+        let mut unknown = Vec::new();
+        let looked = index.lookup_each(ids, |i, entry| {
+            let n = match entry {
+                Some(e) => *numbers.entry(e.frame()).or_insert_with(|| {
+                    window.frames.push(e.frame());
+                    (window.frames.len() - 1) as u32
+                }),
+                None => {
+                    unknown.push(ids[i]);
+                    Window::UNKNOWN
+                }
+            };
+            window.ids.push((ids[i], n));
+        });
+        if let Err(e) = looked {
+            tracing::warn!(error = %spill("read", e), "planning chunk by chunk");
+            return one_by_one();
+        }
+        drop(numbers);
+        if !window.ids.is_sorted_by_key(|(id, _)| *id) {
+            window.ids.sort_unstable_by_key(|(id, _)| *id);
+        }
+        let mut members: Vec<Vec<ChunkId>> = vec![Vec::new(); window.frames.len()];
+        for (id, n) in &window.ids {
+            if let Some(m) = members.get_mut(*n as usize) {
+                m.push(*id);
             }
-        };
-        let mut window: Vec<(ChunkId, Option<FrameRef>)> = ids
-            .iter()
-            .copied()
-            .zip(found.into_iter().map(|e| e.map(|e| e.frame())))
-            .collect();
-        window.sort_unstable_by_key(|(id, _)| *id);
-        let (frames, unknown) = by_frame(window.iter().copied());
+        }
+        let mut frames: Vec<(FrameRef, Vec<ChunkId>)> =
+            window.frames.iter().copied().zip(members).collect();
+        frames.sort_unstable_by_key(|(f, _)| *f);
         if let Ok(mut w) = self.window.write() {
             *w = window;
         }

@@ -330,11 +330,28 @@ impl<R: Record> SortedIndex<R> {
     /// The record of each of `ids`, in their order. Sorted ids are found with one read per
     /// block they touch; unsorted ones cost a read each.
     pub fn lookup(&self, ids: &[ChunkId]) -> io::Result<Vec<Option<R>>> {
+        let mut out = Vec::with_capacity(ids.len());
+        self.lookup_each(ids, |_, r| out.push(r))?;
+        Ok(out)
+    }
+
+    /// Hands `f` the index in `ids` and the record of each of `ids`, in their order,
+    /// without collecting them.
+    pub fn lookup_each(
+        &self,
+        ids: &[ChunkId],
+        mut f: impl FnMut(usize, Option<R>),
+    ) -> io::Result<()> {
         match &self.storage {
-            Storage::Memory(v) => Ok(ids
-                .iter()
-                .map(|id| v.binary_search_by(|r| r.chunk().cmp(id)).ok().map(|i| v[i]))
-                .collect()),
+            Storage::Memory(v) => {
+                for (i, id) in ids.iter().enumerate() {
+                    f(
+                        i,
+                        v.binary_search_by(|r| r.chunk().cmp(id)).ok().map(|n| v[n]),
+                    );
+                }
+                Ok(())
+            }
             Storage::File { file, count } => {
                 // Dense: on average an id or more per block; then blocks are read 16 KiB at
                 // a time.
@@ -351,15 +368,14 @@ impl<R: Record> SortedIndex<R> {
                     first: 0,
                     bytes: Vec::new(),
                 };
-                ids.iter()
-                    .map(|id| {
-                        let Some(range) = self.blocks_of(id) else {
-                            return Ok(None);
-                        };
-                        let records = blocks.load(range)?;
-                        Ok(find::<R>(records, id))
-                    })
-                    .collect()
+                for (i, id) in ids.iter().enumerate() {
+                    let found = match self.blocks_of(id) {
+                        Some(range) => find::<R>(blocks.load(range)?, id),
+                        None => None,
+                    };
+                    f(i, found);
+                }
+                Ok(())
             }
         }
     }
