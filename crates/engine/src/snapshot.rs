@@ -158,7 +158,7 @@ pub fn snapshot_image(
                             class.iter().map(|f| (f.1, f.2)).collect();
                         let put = enc.encode(&chunks).and_then(|frame| {
                             let n = frame.bytes.len() as u64;
-                            sink.put_frame(frame).map(|()| n)
+                            sink.put_frame(frame, class[0].0).map(|()| n)
                         });
                         match put {
                             Ok(n) => done.stored += n,

@@ -25,9 +25,9 @@ pub trait ChunkSink: Sync {
     /// chunk in it is lacking.
     fn claim(&self, id: &ChunkId) -> Option<u32>;
 
-    /// Stores a frame of claimed chunks. May block to apply backpressure; must be
-    /// idempotent.
-    fn put_frame(&self, frame: EncodedFrame) -> Result<(), Error>;
+    /// Stores a frame of claimed chunks, all of `class` (what [`ChunkSink::claim`] returned
+    /// for each of them). May block to apply backpressure; must be idempotent.
+    fn put_frame(&self, frame: EncodedFrame, class: u32) -> Result<(), Error>;
 }
 
 /// Chunk bytes fetched for a restore, unverified: the engine checks every hash.
@@ -155,7 +155,7 @@ impl ChunkSink for MemStore {
         (fresh && !held).then_some(0)
     }
 
-    fn put_frame(&self, frame: EncodedFrame) -> Result<(), Error> {
+    fn put_frame(&self, frame: EncodedFrame, _class: u32) -> Result<(), Error> {
         let len = frame.bytes.len();
         self.stored.fetch_add(len as u64, Ordering::Relaxed);
         let bytes = self.slabs.copy(len, [&frame.bytes[..]]);
@@ -227,7 +227,7 @@ impl ChunkSink for DirStore {
         (fresh && self.path_of(id).is_none()).then_some(0)
     }
 
-    fn put_frame(&self, frame: EncodedFrame) -> Result<(), Error> {
+    fn put_frame(&self, frame: EncodedFrame, _class: u32) -> Result<(), Error> {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
         let path = self.root.join(format!("frame-{n:08}"));
         let mut tmp = tempfile::NamedTempFile::new_in(&self.root).map_err(|e| self.io(e))?;

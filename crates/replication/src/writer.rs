@@ -743,14 +743,14 @@ impl ChunkSink for Sink {
         fresh.then_some(lacking)
     }
 
-    fn put_frame(&self, frame: EncodedFrame) -> std::result::Result<(), geosnap_engine::Error> {
-        // A frame's chunks share one class, so this is nearly always one bit set for all.
-        let held = frame
-            .chunks
-            .iter()
-            .fold(u32::MAX, |m, (id, _)| m & self.held_by(id));
+    fn put_frame(
+        &self,
+        frame: EncodedFrame,
+        class: u32,
+    ) -> std::result::Result<(), geosnap_engine::Error> {
+        // The class is the targets that lacked every chunk of the frame when it was claimed.
         for (i, t) in self.targets.iter().enumerate() {
-            if !t.active() || held & target_bit(i) != 0 {
+            if !t.active() || class & target_bit(i) == 0 {
                 continue;
             }
             let Some(permit) = self.reserve(t, frame.bytes.len()) else {
