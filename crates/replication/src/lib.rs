@@ -14,6 +14,95 @@
 //! - every chunk read is verified against its SHA-256 before it is used or copied;
 //! - deletions leave tombstones, so repair never resurrects a deleted snapshot.
 
+/// `impl ObjectStore for $ty` from its own `put_opts` (and whatever else it writes itself),
+/// every other method passed unchanged to `self.inner`: the wrapping stores
+/// ([`direct::DirectFs`], [`memory::SlabMemory`]) differ only in how they put.
+macro_rules! object_store_over_inner {
+    ($ty:ty, { $($own:tt)* }) => {
+        #[async_trait::async_trait]
+        impl object_store::ObjectStore for $ty {
+            $($own)*
+
+            async fn put_multipart_opts(
+                &self,
+                location: &object_store::path::Path,
+                opts: object_store::PutMultipartOptions,
+            ) -> object_store::Result<Box<dyn object_store::MultipartUpload>> {
+                self.inner.put_multipart_opts(location, opts).await
+            }
+
+            async fn get_opts(
+                &self,
+                location: &object_store::path::Path,
+                options: object_store::GetOptions,
+            ) -> object_store::Result<object_store::GetResult> {
+                self.inner.get_opts(location, options).await
+            }
+
+            async fn get_ranges(
+                &self,
+                location: &object_store::path::Path,
+                ranges: &[std::ops::Range<u64>],
+            ) -> object_store::Result<Vec<bytes::Bytes>> {
+                self.inner.get_ranges(location, ranges).await
+            }
+
+            fn delete_stream(
+                &self,
+                locations: futures::stream::BoxStream<
+                    'static,
+                    object_store::Result<object_store::path::Path>,
+                >,
+            ) -> futures::stream::BoxStream<'static, object_store::Result<object_store::path::Path>>
+            {
+                self.inner.delete_stream(locations)
+            }
+
+            fn list(
+                &self,
+                prefix: Option<&object_store::path::Path>,
+            ) -> futures::stream::BoxStream<'static, object_store::Result<object_store::ObjectMeta>>
+            {
+                self.inner.list(prefix)
+            }
+
+            fn list_with_offset(
+                &self,
+                prefix: Option<&object_store::path::Path>,
+                offset: &object_store::path::Path,
+            ) -> futures::stream::BoxStream<'static, object_store::Result<object_store::ObjectMeta>>
+            {
+                self.inner.list_with_offset(prefix, offset)
+            }
+
+            async fn list_with_delimiter(
+                &self,
+                prefix: Option<&object_store::path::Path>,
+            ) -> object_store::Result<object_store::ListResult> {
+                self.inner.list_with_delimiter(prefix).await
+            }
+
+            async fn copy_opts(
+                &self,
+                from: &object_store::path::Path,
+                to: &object_store::path::Path,
+                options: object_store::CopyOptions,
+            ) -> object_store::Result<()> {
+                self.inner.copy_opts(from, to, options).await
+            }
+
+            async fn rename_opts(
+                &self,
+                from: &object_store::path::Path,
+                to: &object_store::path::Path,
+                options: object_store::RenameOptions,
+            ) -> object_store::Result<()> {
+                self.inner.rename_opts(from, to, options).await
+            }
+        }
+    };
+}
+
 mod error;
 
 pub mod bucket;
