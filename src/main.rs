@@ -180,6 +180,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 if r.stats.zero_bytes > 0 {
                     s += &format!("{} left as holes\n", size(r.stats.zero_bytes));
                 }
+                if r.read_from.iter().any(|read| read.region != r.region) {
+                    let parts: Vec<String> = r
+                        .read_from
+                        .iter()
+                        .map(|read| format!("{} from {}", size(read.bytes), read.region))
+                        .collect();
+                    s += &format!("read {}\n", parts.join(", "));
+                }
                 if !r.repaired_chunks.is_empty() || r.repaired_manifest {
                     s += &format!(
                         "{} chunk(s){} were missing or corrupt in {} and were fetched from another region and repaired there\n",

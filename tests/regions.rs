@@ -418,3 +418,98 @@ fn looking_for_a_manifest_to_reuse_writes_nothing() {
     ]);
     assert!(same(&out, &img));
 }
+
+/// Frames in a directory store: every pack file under `regions/<region>/packs`.
+fn damage_every_frame(env: &Env, region: &str) {
+    for pack in env.store_files(&format!("regions/{region}/packs")) {
+        let mut bytes = std::fs::read(&pack).unwrap();
+        // One bit in every 16 KiB: raw (incompressible) frames keep decoding, so the
+        // damage reaches the restore's SHA-256 check.
+        for at in (4096..bytes.len()).step_by(16 << 10) {
+            bytes[at] ^= 0x01;
+        }
+        std::fs::write(&pack, &bytes).unwrap();
+    }
+}
+
+#[test]
+fn a_slow_region_shares_its_restore_with_the_others() {
+    let env = Env::new();
+    let img = env.image("a.img", 16 << 20, Profile::Random, 3);
+    env.ok(&["instance", "create", "vm", "--image", img.to_str().unwrap()]);
+    env.ok(&["snapshot", "take", "vm", "--name", "s"]);
+    // 16 MiB of incompressible frames over a 4 MB/s link would take four seconds.
+    env.ok(&["region", "fail", "it-1", "--mode", "slow:0,4M"]);
+    let out = env.path("out.img");
+    let r = env.json(&["restore", "s", "--to", out.to_str().unwrap()]);
+    assert!(same(&out, &img));
+    assert_eq!(r["region"], "it-1");
+    assert_eq!(r["repaired_chunks"], serde_json::json!([]), "{r}");
+    let read: Vec<(String, u64)> = r["read_from"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| {
+            (
+                x["region"].as_str().unwrap().to_string(),
+                x["bytes"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let from = |region: &str| {
+        read.iter()
+            .find(|(r, _)| r == region)
+            .map_or(0, |(_, b)| *b)
+    };
+    let total: u64 = read.iter().map(|(_, b)| b).sum();
+    assert!(total >= 16 << 20, "{r}");
+    assert!(from("it-1") > 0, "{r}");
+    assert!(
+        from("it-1") < total / 2,
+        "the slow region read most of it: {r}"
+    );
+    assert!(from("de-1") + from("nl-1") > total / 2, "{r}");
+    // Said in words too.
+    env.ok(&["region", "heal", "it-1"]);
+    env.ok(&["region", "fail", "it-1", "--mode", "slow:0,4M"]);
+    let again = env.path("again.img");
+    let text = env.ok(&["restore", "s", "--to", again.to_str().unwrap()]);
+    assert!(
+        text.contains("from de-1") && text.contains("from it-1"),
+        "{text}"
+    );
+    assert!(same(&again, &img));
+}
+
+#[test]
+fn a_chunk_damaged_where_a_striped_restore_read_it_comes_from_the_region_asked_and_repairs_nothing()
+{
+    let env = Env::new();
+    // Every region counts as slow: groups are striped as soon as it-1 has been measured.
+    let mut config = geosnap_ops::config::Config::load(&env.data).unwrap();
+    config.stripe_below = Some("1T".into());
+    config.save(&env.data).unwrap();
+    let img = env.image("a.img", 16 << 20, Profile::Random, 4);
+    env.ok(&["instance", "create", "vm", "--image", img.to_str().unwrap()]);
+    env.ok(&["snapshot", "take", "vm", "--name", "s"]);
+    damage_every_frame(&env, "de-1");
+    // nl-1 fails when the restore first asks it for a group: it gets no more.
+    env.ok(&["region", "fail", "nl-1", "--mode", "down"]);
+    let out = env.path("out.img");
+    let r = env.json(&["restore", "s", "--to", out.to_str().unwrap()]);
+    assert!(same(&out, &img));
+    assert!(
+        r["read_from"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x["region"] == "de-1"),
+        "nothing was striped to de-1: {r}"
+    );
+    // it-1 held every chunk intact: nothing to repair there, nothing left unrepaired.
+    assert_eq!(r["repaired_chunks"], serde_json::json!([]), "{r}");
+    assert_eq!(r["unrepaired_chunks"], serde_json::json!([]), "{r}");
+    // The damage did reach the restore's check: those chunks came back through its fallback.
+    assert!(r["stats"]["recovered_chunks"].as_u64().unwrap() > 0, "{r}");
+    env.ok(&["verify", "--region", "it-1"]);
+}

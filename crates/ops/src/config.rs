@@ -65,6 +65,10 @@ pub struct Config {
     /// temporary files, so a restore's and a snapshot's index do not grow with the image.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub index_memory: Option<String>,
+    /// Bytes per second below which a restore's region shares its work with the other
+    /// regions that hold the snapshot (e.g. "128M"; "0" never).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stripe_below: Option<String>,
     /// The regions, home region of new instances first.
     #[serde(rename = "region")]
     pub regions: Vec<RegionSpec>,
@@ -91,6 +95,7 @@ impl Config {
             region_buffer: None,
             manifest_memory: None,
             index_memory: None,
+            stripe_below: None,
             regions: DEFAULT_REGIONS
                 .iter()
                 .map(|(name, country)| RegionSpec {
@@ -193,6 +198,13 @@ impl Config {
                 .filter(|n| *n <= 1 << 30)
                 .map(|n| n as usize)
                 .ok_or_else(|| format!("index_memory {v:?} is not a size from 0 to 1G"))?;
+        }
+        if let Some(v) = &self.stripe_below {
+            t.stripe_below = geosnap_engine::chunker::parse_size(v)
+                .filter(|n| *n <= 1 << 40)
+                .ok_or_else(|| {
+                    format!("stripe_below {v:?} is not a rate in bytes per second from 0 to 1T")
+                })?;
         }
         if let Some(n) = self.upload_concurrency {
             if !(1..=256).contains(&n) {

@@ -7,13 +7,14 @@ use std::io;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use geosnap_engine::codec::{DecodedFrame, Decoder, Encoder, FRAME_TARGET};
 use geosnap_engine::manifest::{Backing, EncodedManifest, Extent, ManifestView};
 use geosnap_engine::restore::{RestoreOptions, RestoreStats, restore_image};
 use geosnap_engine::store::{ChunkSource, Fetched};
-use geosnap_engine::{ChunkFilter, ChunkId, Progress, SnapshotId};
+use geosnap_engine::{ChunkFilter, ChunkId, IdSet, Progress, SnapshotId};
 use serde::Serialize;
 use tokio::runtime::Handle;
 
@@ -56,6 +57,19 @@ pub struct RestoreOutcome {
     pub repaired_manifest: bool,
     /// Chunks fetched elsewhere that could not be written back.
     pub unrepaired_chunks: Vec<String>,
+    /// Compressed bytes read from each region that served any: more than one when the
+    /// region asked for was slow and the others shared its work (striping), or when
+    /// chunks fell back.
+    pub read_from: Vec<RegionRead>,
+}
+
+/// Bytes a restore read from one region.
+#[derive(Clone, Debug, Serialize)]
+pub struct RegionRead {
+    /// Region.
+    pub region: String,
+    /// Compressed bytes (frames) read.
+    pub bytes: u64,
 }
 
 /// The stores a restore may read, in order of preference.
@@ -153,6 +167,7 @@ pub async fn restore_snapshot(
     // The preferred store's index is needed to plan; others are read only if needed.
     let index_memory = regions.tuning.index_memory;
     let primary_index = load_sorted(&stores[0], &wanted, index_memory).await?;
+    let store_count = stores.len();
     let indexes = stores.iter().map(|_| OnceLock::new()).collect::<Vec<_>>();
     let _ = indexes[0].set(Some(primary_index));
     let source = Arc::new(RegionSource {
@@ -164,6 +179,9 @@ pub async fn restore_snapshot(
         window: RwLock::default(),
         primary_down: AtomicBool::new(false),
         recovered: Mutex::default(),
+        stripe_below: regions.tuning.stripe_below,
+        loads: Loads::new(store_count),
+        striped: Mutex::default(),
     });
     let opts = RestoreOptions {
         overwrite: req.overwrite,
@@ -204,12 +222,23 @@ pub async fn restore_snapshot(
             }
         }
     }
+    let read_from = source
+        .stores
+        .iter()
+        .zip(source.loads.bytes())
+        .filter(|(_, bytes)| *bytes > 0)
+        .map(|(store, bytes)| RegionRead {
+            region: store.region.clone(),
+            bytes,
+        })
+        .collect();
     Ok(RestoreOutcome {
         region: req.from,
         stats,
         repaired_chunks,
         repaired_manifest,
         unrepaired_chunks,
+        read_from,
     })
 }
 
@@ -346,6 +375,144 @@ impl Window {
     }
 }
 
+/// Reads of the preferred store that must have finished before its speed is judged.
+const STRIPE_PROBE_READS: u64 = 2;
+
+/// What one store has done for this restore.
+#[derive(Clone, Copy, Debug, Default)]
+struct Load {
+    /// Groups being fetched from it now.
+    assigned: usize,
+    /// Reads in flight, and since when it has had at least one.
+    reading: usize,
+    busy_since: Option<Instant>,
+    /// Time it had at least one read in flight, and what its reads brought in that time.
+    busy: Duration,
+    bytes: u64,
+    reads: u64,
+    /// A read failed: it gets no more striped groups.
+    failed: bool,
+}
+
+impl Load {
+    /// Bytes per second while busy: what the store delivers with the reads this restore
+    /// keeps in flight (a shared link or a per-request latency both show here).
+    fn rate(&self, now: Instant) -> Option<f64> {
+        let busy = self.busy + self.busy_since.map_or(Duration::ZERO, |s| now - s);
+        (self.reads > 0 && !busy.is_zero()).then(|| self.bytes as f64 / busy.as_secs_f64())
+    }
+}
+
+/// Every store's [`Load`]: decides which store reads the next group.
+#[derive(Debug)]
+struct Loads(Mutex<Vec<Load>>);
+
+impl Loads {
+    fn new(stores: usize) -> Loads {
+        Loads(Mutex::new(vec![Load::default(); stores]))
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut Vec<Load>) -> T) -> T {
+        match self.0.lock() {
+            Ok(mut l) => f(&mut l),
+            Err(poisoned) => f(&mut poisoned.into_inner()),
+        }
+    }
+
+    /// Runs a read of store `n`, timing it.
+    fn timed(&self, n: usize, read: impl FnOnce() -> Result<Vec<Bytes>>) -> Result<Vec<Bytes>> {
+        self.with(|l| {
+            l[n].reading += 1;
+            if l[n].reading == 1 {
+                l[n].busy_since = Some(Instant::now());
+            }
+        });
+        let got = read();
+        self.with(|l| {
+            let load = &mut l[n];
+            load.reading -= 1;
+            if load.reading == 0
+                && let Some(since) = load.busy_since.take()
+            {
+                load.busy += since.elapsed();
+            }
+            if let Ok(frames) = &got {
+                load.bytes += frames.iter().map(|f| f.len() as u64).sum::<u64>();
+                load.reads += 1;
+            }
+        });
+        got
+    }
+
+    /// The store the next group goes to, counted as assigned to it.
+    fn pick(&self, stripe_below: u64, primary_down: bool) -> usize {
+        self.with(|l| {
+            let n = choose(l, Instant::now(), stripe_below, primary_down);
+            l[n].assigned += 1;
+            n
+        })
+    }
+
+    fn done(&self, n: usize) {
+        self.with(|l| l[n].assigned = l[n].assigned.saturating_sub(1));
+    }
+
+    fn fail(&self, n: usize) {
+        self.with(|l| l[n].failed = true);
+    }
+
+    /// Bytes read from each store.
+    fn bytes(&self) -> Vec<u64> {
+        self.with(|l| l.iter().map(|l| l.bytes).collect())
+    }
+}
+
+/// Store 0 (the preferred one) while it reads at `stripe_below` bytes per second or more
+/// (0: always); otherwise the store that would finish one more group soonest, from each
+/// store's rate and the groups it already has. A store not yet tried is tried with one
+/// group; a failed one gets none. With the preferred store down, the others share the rest.
+fn choose(loads: &[Load], now: Instant, stripe_below: u64, primary_down: bool) -> usize {
+    if stripe_below == 0 || loads.len() < 2 {
+        return 0;
+    }
+    if !primary_down {
+        let p = &loads[0];
+        if p.reads < STRIPE_PROBE_READS {
+            return 0;
+        }
+        if p.rate(now).is_some_and(|r| r >= stripe_below as f64) {
+            return 0;
+        }
+    }
+    let mut best: Option<(f64, usize)> = None;
+    for (n, load) in loads.iter().enumerate() {
+        if load.failed || (n == 0 && primary_down) {
+            continue;
+        }
+        let wait = match load.rate(now) {
+            Some(r) => (load.assigned + 1) as f64 / r,
+            None if load.assigned == 0 => 0.0,
+            None => continue,
+        };
+        if best.is_none_or(|(b, _)| wait < b) {
+            best = Some((wait, n));
+        }
+    }
+    best.map_or(0, |(_, n)| n)
+}
+
+/// A group assigned to a store until it is fetched.
+struct Assigned<'a> {
+    loads: &'a Loads,
+    store: usize,
+}
+
+impl Drop for Assigned<'_> {
+    fn drop(&mut self) {
+        self.loads.done(self.store);
+    }
+}
+
 /// Chunks from a preferred store, then from the others.
 struct RegionSource {
     handle: Handle,
@@ -360,6 +527,12 @@ struct RegionSource {
     window: RwLock<Window>,
     primary_down: AtomicBool,
     recovered: Mutex<Vec<(ChunkId, Bytes)>>,
+    /// Bytes per second below which the preferred store shares groups with the others
+    /// (0: never).
+    stripe_below: u64,
+    loads: Loads,
+    /// Chunks of this window that striped groups read from another store.
+    striped: Mutex<IdSet>,
 }
 
 impl RegionSource {
@@ -425,6 +598,150 @@ impl RegionSource {
     }
 }
 
+impl RegionSource {
+    /// The chunks of `ids` that store `n` holds; those it does not name are left out (all
+    /// of them missing is an error).
+    fn read_from(
+        &self,
+        n: usize,
+        ids: &[ChunkId],
+    ) -> std::result::Result<Fetched, geosnap_engine::Error> {
+        let (frames, unknown) = self.locate(n, ids)?;
+        if let Some(id) = unknown.first()
+            && frames.is_empty()
+        {
+            return Err(geosnap_engine::Error::store(Error::ChunkMissing {
+                id: *id,
+                region: self.stores[n].to_string(),
+            }));
+        }
+        self.read_frames(n, frames)
+    }
+
+    fn unavailable(&self, n: usize, reason: &str) -> geosnap_engine::Error {
+        geosnap_engine::Error::store(Error::RegionUnavailable {
+            region: self.stores[n].to_string(),
+            reason: reason.into(),
+        })
+    }
+
+    /// The frames of store `n` that hold `ids`, and the ids it does not name.
+    fn locate(
+        &self,
+        n: usize,
+        ids: &[ChunkId],
+    ) -> std::result::Result<ByFrame, geosnap_engine::Error> {
+        if n == 0 && self.primary_down.load(Ordering::Relaxed) {
+            return Err(self.unavailable(n, "it failed earlier in this restore"));
+        }
+        let Some(index) = self.index(n) else {
+            return Err(self.unavailable(n, "its index cannot be read"));
+        };
+        self.frames(n, index, ids)
+    }
+
+    /// Reads `frames` from store `n` in spans and decodes them; a frame that does not
+    /// decode yields nothing (its chunks fall back one by one).
+    fn read_frames(
+        &self,
+        n: usize,
+        frames: Vec<(FrameRef, Vec<ChunkId>)>,
+    ) -> std::result::Result<Fetched, geosnap_engine::Error> {
+        let store = &self.stores[n];
+        let span = match store.remote {
+            Some(_) => index::REMOTE_SPAN_BYTES,
+            None => index::SPAN_BYTES,
+        };
+        let mut out = Vec::new();
+        for run in index::spans(frames, span) {
+            let refs: Vec<_> = run.iter().map(|(f, _)| *f).collect();
+            let bytes = self
+                .loads
+                .timed(n, || self.handle.block_on(index::read_span(store, &refs)));
+            let bytes = match bytes {
+                Ok(b) => b,
+                Err(e) => {
+                    if n == 0 && matches!(e, Error::RegionUnavailable { .. }) {
+                        self.primary_down.store(true, Ordering::Relaxed);
+                    }
+                    return Err(geosnap_engine::Error::store(e));
+                }
+            };
+            for ((_, wanted), frame) in run.iter().zip(bytes) {
+                match decode_frame(&frame) {
+                    Ok(d) => out.extend(d.chunks().filter(|(id, _)| wanted.contains(id))),
+                    Err(e) => {
+                        tracing::debug!(store = %store, error = %e, "a frame does not decode");
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The store the next group is read from: the preferred one, unless it has read
+    /// slower than `stripe_below` and another store would finish the group sooner.
+    fn pick(&self) -> Assigned<'_> {
+        let primary_down = self.primary_down.load(Ordering::Relaxed);
+        let store = self.loads.pick(self.stripe_below, primary_down);
+        Assigned {
+            loads: &self.loads,
+            store,
+        }
+    }
+
+    /// A group striped to store `n`: its chunks from there, and what `n` does not name from
+    /// the preferred store. A store that fails gets no more groups. The chunks `n` gave are
+    /// remembered for this window: if one fails its check, the restore's fallback asks the
+    /// preferred store first and repairs it only if it fails there too (`n`'s fault is not
+    /// the preferred store's).
+    fn fetch_elsewhere(&self, ids: &[ChunkId], n: usize) -> Fetched {
+        let read = self
+            .locate(n, ids)
+            .and_then(|(frames, _)| self.read_frames(n, frames));
+        let mut got = match read {
+            Ok(got) => got,
+            Err(e) => {
+                tracing::warn!(store = %self.stores[n], error = %e, "not striping to it any more");
+                self.loads.fail(n);
+                Vec::new()
+            }
+        };
+        let have: IdSet = got.iter().map(|(id, _)| *id).collect();
+        if let Ok(mut striped) = self.striped.lock() {
+            striped.extend(have.iter().copied());
+        }
+        if have.len() < ids.len() {
+            let rest: Vec<ChunkId> = ids
+                .iter()
+                .filter(|id| !have.contains(id))
+                .copied()
+                .collect();
+            // What the preferred store cannot give either, the restore asks the others for.
+            if let Ok(more) = self.read_from(0, &rest) {
+                got.extend(more);
+            }
+        }
+        got
+    }
+
+    /// Whether `id` came from a store other than the preferred one in a striped group of
+    /// this window.
+    fn was_striped(&self, id: &ChunkId) -> bool {
+        self.striped.lock().is_ok_and(|s| s.contains(id))
+    }
+
+    /// The store copy number `attempt` of `id` is read from: the preferred store's copy
+    /// is 0 and the others follow in order; a chunk a striped group read elsewhere goes back
+    /// to the preferred store first, then every other store in order.
+    fn store_for(&self, id: Option<&ChunkId>, attempt: usize) -> usize {
+        match id {
+            Some(id) if attempt > 0 && self.was_striped(id) => attempt - 1,
+            _ => attempt,
+        }
+    }
+}
+
 impl ChunkSource for RegionSource {
     fn plan(&self, ids: &[ChunkId]) -> Vec<Vec<ChunkId>> {
         let one_by_one = || ids.iter().map(|id| vec![*id]).collect();
@@ -469,6 +786,9 @@ impl ChunkSource for RegionSource {
         if let Ok(mut w) = self.window.write() {
             *w = window;
         }
+        if let Ok(mut striped) = self.striped.lock() {
+            *striped = IdSet::default();
+        }
         index::spans(frames, self.span_bytes())
             .into_iter()
             .map(|run| run.into_iter().flat_map(|(_, ids)| ids).collect())
@@ -481,54 +801,20 @@ impl ChunkSource for RegionSource {
         ids: &[ChunkId],
         attempt: u32,
     ) -> std::result::Result<Option<Fetched>, geosnap_engine::Error> {
-        let n = attempt as usize;
-        let Some(store) = self.stores.get(n) else {
-            return Ok(None);
-        };
-        let unavailable = |reason: String| {
-            geosnap_engine::Error::store(Error::RegionUnavailable {
-                region: store.to_string(),
-                reason,
-            })
-        };
-        if n == 0 && self.primary_down.load(Ordering::Relaxed) {
-            return Err(unavailable("it failed earlier in this restore".into()));
-        }
-        let Some(index) = self.index(n) else {
-            return Err(unavailable("its index cannot be read".into()));
-        };
-        let (frames, unknown) = self.frames(n, index, ids)?;
-        if let Some(id) = unknown.first()
-            && frames.is_empty()
-        {
-            return Err(geosnap_engine::Error::store(Error::ChunkMissing {
-                id: *id,
-                region: store.to_string(),
-            }));
-        }
-        let mut out = Vec::with_capacity(ids.len());
-        for run in index::spans(frames, self.span_bytes()) {
-            let refs: Vec<_> = run.iter().map(|(f, _)| *f).collect();
-            let bytes = match self.handle.block_on(index::read_span(store, &refs)) {
-                Ok(b) => b,
-                Err(e) => {
-                    if n == 0 && matches!(e, Error::RegionUnavailable { .. }) {
-                        self.primary_down.store(true, Ordering::Relaxed);
-                    }
-                    return Err(geosnap_engine::Error::store(e));
-                }
-            };
-            // A frame that does not decode yields nothing: its chunks fall back one by one.
-            for ((_, wanted), frame) in run.iter().zip(bytes) {
-                match decode_frame(&frame) {
-                    Ok(d) => out.extend(d.chunks().filter(|(id, _)| wanted.contains(id))),
-                    Err(e) => {
-                        tracing::debug!(store = %store, error = %e, "a frame does not decode");
-                    }
-                }
+        let attempt = attempt as usize;
+        if attempt > 0 {
+            // The restore asks further copies one chunk at a time.
+            let n = self.store_for(ids.first(), attempt);
+            if n >= self.stores.len() {
+                return Ok(None);
             }
+            return self.read_from(n, ids).map(Some);
         }
-        Ok(Some(out))
+        let assigned = self.pick();
+        match assigned.store {
+            0 => self.read_from(0, ids).map(Some),
+            other => Ok(Some(self.fetch_elsewhere(ids, other))),
+        }
     }
 
     fn parallelism(&self) -> Option<usize> {
@@ -542,10 +828,99 @@ impl ChunkSource for RegionSource {
         }
     }
 
-    fn recovered(&self, id: &ChunkId, _attempt: u32, data: &Bytes) {
+    fn recovered(&self, id: &ChunkId, attempt: u32, data: &Bytes) {
+        // A chunk a striped group read elsewhere that the preferred store then gave is no
+        // fault of the preferred store.
+        if attempt == 1 && self.was_striped(id) {
+            return;
+        }
         if let Ok(mut r) = self.recovered.lock() {
             // A copy of the chunk alone: a slice would keep its whole decoded frame alive.
             r.push((*id, Bytes::copy_from_slice(data)));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A store that read `mib` MiB in `ms` milliseconds, with `assigned` groups now.
+    fn load(mib: u64, ms: u64, assigned: usize) -> Load {
+        Load {
+            assigned,
+            busy: Duration::from_millis(ms),
+            bytes: mib << 20,
+            reads: mib,
+            ..Load::default()
+        }
+    }
+
+    #[test]
+    fn the_preferred_store_keeps_every_group_while_it_is_fast_or_unmeasured() {
+        let now = Instant::now();
+        let fast = 1 << 30;
+        // 100 MiB in 50 ms: 2 GB/s.
+        let loads = [load(100, 50, 2), Load::default(), Load::default()];
+        assert_eq!(choose(&loads, now, 128 << 20, false), 0);
+        // Not judged before two reads, however slow the first.
+        let loads = [load(1, 5_000, 1), Load::default()];
+        assert_eq!(choose(&loads, now, fast, false), 0);
+        // Striping off.
+        let loads = [load(4, 5_000, 1), Load::default()];
+        assert_eq!(choose(&loads, now, 0, false), 0);
+        // One store: nothing to share with.
+        assert_eq!(choose(&[load(4, 5_000, 1)], now, fast, false), 0);
+    }
+
+    #[test]
+    fn a_slow_preferred_store_shares_groups_by_rate_and_load() {
+        let now = Instant::now();
+        let below = 128 << 20;
+        // 4 MiB in 1 s: slow. An untried store is tried with one group...
+        let mut loads = [load(4, 1_000, 3), Load::default(), load(100, 100, 0)];
+        assert_eq!(choose(&loads, now, below, false), 1);
+        // ...and no second one before its first is measured.
+        loads[1].assigned = 1;
+        assert_eq!(choose(&loads, now, below, false), 2);
+        // Measured: the one that would finish a group first. Store 2 reads 1 GB/s but has
+        // eight groups; store 1 reads 500 MB/s with one.
+        loads[1] = load(50, 100, 1);
+        loads[2] = load(100, 100, 8);
+        assert_eq!(choose(&loads, now, below, false), 1);
+        // A failed store gets nothing.
+        loads[1].failed = true;
+        assert_eq!(choose(&loads, now, below, false), 2);
+        // Every other store failed: back to the preferred one.
+        loads[2].failed = true;
+        assert_eq!(choose(&loads, now, below, false), 0);
+    }
+
+    #[test]
+    fn with_the_preferred_store_down_the_others_share_the_rest() {
+        let now = Instant::now();
+        let loads = [load(100, 50, 0), load(10, 100, 3), load(10, 100, 0)];
+        // Fast until it went down: now never chosen.
+        assert_eq!(choose(&loads, now, 128 << 20, true), 2);
+    }
+
+    #[test]
+    fn reads_are_timed_while_any_is_in_flight() {
+        let loads = Loads::new(2);
+        let got = loads.timed(1, || {
+            std::thread::sleep(Duration::from_millis(20));
+            Ok(vec![
+                Bytes::from(vec![0u8; 1000]),
+                Bytes::from(vec![0u8; 24]),
+            ])
+        });
+        assert_eq!(got.unwrap().len(), 2);
+        let failed = loads.timed(1, || Err(Error::Task("gone".into())));
+        assert!(failed.is_err());
+        assert_eq!(loads.bytes(), vec![0, 1024]);
+        let l = loads.with(|l| l[1]);
+        assert_eq!((l.reads, l.reading), (1, 0));
+        assert!(l.busy >= Duration::from_millis(20), "{:?}", l.busy);
+        assert!(l.rate(Instant::now()).is_some_and(|r| r < 1024.0 / 0.02));
     }
 }

@@ -191,7 +191,14 @@ pub struct Tuning {
     /// stores hold) sorted in memory at a time; more are sorted in runs through temporary
     /// files ([`crate::sorted`]), so this bounds their memory whatever the image size.
     pub index_memory: usize,
+    /// Bytes per second below which a restore's preferred region shares its work with the
+    /// other regions that hold the snapshot (striping); 0 turns striping off.
+    pub stripe_below: u64,
 }
+
+/// Default [`Tuning::stripe_below`]: 128 MiB/s, below what a local disk reads and above a
+/// slow link.
+pub const STRIPE_BELOW: u64 = 128 << 20;
 
 impl Default for Tuning {
     fn default() -> Self {
@@ -202,6 +209,7 @@ impl Default for Tuning {
             pack_bytes: 16 << 20,
             manifest_memory: 1 << 20,
             index_memory: crate::sorted::RUN_MEMORY,
+            stripe_below: STRIPE_BELOW,
         }
     }
 }
