@@ -435,11 +435,12 @@ fn damage_every_frame(env: &Env, region: &str) {
 #[test]
 fn a_slow_region_shares_its_restore_with_the_others() {
     let env = Env::new();
-    let img = env.image("a.img", 16 << 20, Profile::Random, 3);
+    let img = env.image("a.img", 64 << 20, Profile::Random, 3);
     env.ok(&["instance", "create", "vm", "--image", img.to_str().unwrap()]);
     env.ok(&["snapshot", "take", "vm", "--name", "s"]);
-    // 16 MiB of incompressible frames over a 4 MB/s link would take four seconds.
-    env.ok(&["region", "fail", "it-1", "--mode", "slow:0,4M"]);
+    // 64 MiB of incompressible frames over a 16 MiB/s link would take four seconds; the
+    // first 16 MiB measure it.
+    env.ok(&["region", "fail", "it-1", "--mode", "slow:0,16M"]);
     let out = env.path("out.img");
     let r = env.json(&["restore", "s", "--to", out.to_str().unwrap()]);
     assert!(same(&out, &img));
@@ -462,7 +463,7 @@ fn a_slow_region_shares_its_restore_with_the_others() {
             .map_or(0, |(_, b)| *b)
     };
     let total: u64 = read.iter().map(|(_, b)| b).sum();
-    assert!(total >= 16 << 20, "{r}");
+    assert!(total >= 64 << 20, "{r}");
     assert!(from("it-1") > 0, "{r}");
     assert!(
         from("it-1") < total / 2,
@@ -471,7 +472,7 @@ fn a_slow_region_shares_its_restore_with_the_others() {
     assert!(from("de-1") + from("nl-1") > total / 2, "{r}");
     // Said in words too.
     env.ok(&["region", "heal", "it-1"]);
-    env.ok(&["region", "fail", "it-1", "--mode", "slow:0,4M"]);
+    env.ok(&["region", "fail", "it-1", "--mode", "slow:0,16M"]);
     let again = env.path("again.img");
     let text = env.ok(&["restore", "s", "--to", again.to_str().unwrap()]);
     assert!(
@@ -485,11 +486,11 @@ fn a_slow_region_shares_its_restore_with_the_others() {
 fn a_chunk_damaged_where_a_striped_restore_read_it_comes_from_the_region_asked_and_repairs_nothing()
 {
     let env = Env::new();
-    // Every region counts as slow: groups are striped as soon as it-1 has been measured.
+    // Every region counts as slow: groups are striped once it-1 has read 16 MiB.
     let mut config = geosnap_ops::config::Config::load(&env.data).unwrap();
     config.stripe_below = Some("1T".into());
     config.save(&env.data).unwrap();
-    let img = env.image("a.img", 16 << 20, Profile::Random, 4);
+    let img = env.image("a.img", 48 << 20, Profile::Random, 4);
     env.ok(&["instance", "create", "vm", "--image", img.to_str().unwrap()]);
     env.ok(&["snapshot", "take", "vm", "--name", "s"]);
     damage_every_frame(&env, "de-1");
