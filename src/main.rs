@@ -465,14 +465,15 @@ fn bench(
     let r = geosnap_ops::bench::run(&opts, rt.handle())?;
     out.show(&r, || {
         let mut s = format!(
-            "image {} ({}{}, data {}), {} cores, chunker {}, zstd level {}\n\nsingle-core stages:\n",
+            "image {} ({}{}, data {}), {} cores, chunker {}, zstd level {}, SHA-256 on {}\n\nsingle-core stages:\n",
             r.image.path.display(),
             size_str(r.image.size),
             if r.image.generated { ", generated" } else { "" },
             size_str(r.image.data_bytes),
             r.cores,
             r.chunker,
-            r.level
+            r.level,
+            r.sha256
         );
         let rows: Vec<Vec<String>> = r
             .stages

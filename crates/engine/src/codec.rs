@@ -305,8 +305,10 @@ impl Decoder {
     /// names the first chunk that is not.
     pub fn decode_verified(&mut self, frame: &[u8]) -> Result<DecodedFrame, Error> {
         let d = self.decode(frame)?;
-        for (id, b) in d.chunks() {
-            let actual = ChunkId::of(&b);
+        let chunks: Vec<(ChunkId, Bytes)> = d.chunks().collect();
+        let pieces: Vec<&[u8]> = chunks.iter().map(|(_, b)| &b[..]).collect();
+        for ((id, _), actual) in chunks.iter().zip(ChunkId::of_each(&pieces)) {
+            let id = *id;
             if actual != id {
                 return Err(Error::ChunkCorrupt {
                     id,

@@ -138,8 +138,10 @@ pub fn snapshot_image(
                     }
                     let mut ids = Vec::with_capacity(job.chunks.len());
                     let mut fresh: Vec<(u32, ChunkId, &[u8])> = Vec::new();
-                    for (index, data) in &job.chunks {
-                        let id = ChunkId::of(data);
+                    let pieces: Vec<&[u8]> = job.chunks.iter().map(|c| &c.1[..]).collect();
+                    let hashed = ChunkId::of_each(&pieces);
+                    drop(pieces);
+                    for ((index, data), id) in job.chunks.iter().zip(hashed) {
                         ids.push((*index, id));
                         if let Some(class) = sink.claim(&id) {
                             fresh.push((class, id, data));

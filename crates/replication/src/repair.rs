@@ -62,7 +62,12 @@ pub async fn gather(sources: &[Bucket], wanted: HashSet<ChunkId>, concurrency: u
             let bytes = index::read_frame(src, &frame).await.ok()?;
             let checked = tokio::task::spawn_blocking(move || {
                 let decoded = decode_frame(&bytes).ok()?;
-                let whole = decoded.chunks().all(|(id, b)| ChunkId::of(&b) == id);
+                let chunks: Vec<(ChunkId, Bytes)> = decoded.chunks().collect();
+                let pieces: Vec<&[u8]> = chunks.iter().map(|(_, b)| &b[..]).collect();
+                let whole = ChunkId::of_each(&pieces)
+                    .iter()
+                    .zip(&chunks)
+                    .all(|(actual, (id, _))| actual == id);
                 if whole {
                     return Some((Some((decoded.table.chunks.clone(), bytes)), Vec::new()));
                 }
@@ -536,11 +541,16 @@ fn check_pack(bytes: &Bytes) -> PackCheck {
     };
     for f in frames {
         let result = match decode_frame(&f.bytes) {
-            Ok(d) => Ok(d
-                .chunks()
-                .filter(|(id, b)| ChunkId::of(b) == *id)
-                .map(|(id, _)| id)
-                .collect()),
+            Ok(d) => {
+                let chunks: Vec<(ChunkId, Bytes)> = d.chunks().collect();
+                let pieces: Vec<&[u8]> = chunks.iter().map(|(_, b)| &b[..]).collect();
+                Ok(ChunkId::of_each(&pieces)
+                    .into_iter()
+                    .zip(&chunks)
+                    .filter(|(actual, (id, _))| actual == id)
+                    .map(|(_, (id, _))| *id)
+                    .collect())
+            }
             Err(e) => Err(e.to_string()),
         };
         c.frames.insert(f.offset, result);
