@@ -381,6 +381,8 @@ impl Window {
 /// reading the other stores' indexes.
 const STRIPE_PROBE_READS: u64 = 2;
 const STRIPE_PROBE_BYTES: u64 = 16 << 20;
+/// Reads of another store below which its rate is not trusted yet.
+const STRIPE_SAMPLE_READS: u64 = 4;
 
 /// What one store has done for this restore.
 #[derive(Clone, Copy, Debug, Default)]
@@ -494,8 +496,10 @@ fn choose(loads: &[Load], now: Instant, stripe_below: u64, primary_down: bool) -
             continue;
         }
         let wait = match load.rate(now) {
+            // Measured by fewer than a few reads: tried again whenever it is idle, so one
+            // read that met a cold cache does not starve it for the rest of the restore.
+            _ if load.assigned == 0 && load.reads < STRIPE_SAMPLE_READS => 0.0,
             Some(r) => (load.assigned + 1) as f64 / r,
-            None if load.assigned == 0 => 0.0,
             None => continue,
         };
         if best.is_none_or(|(b, _)| wait < b) {
@@ -887,6 +891,11 @@ mod tests {
         let mut loads = [load(40, 1_000, 3), Load::default(), load(100, 100, 0)];
         assert_eq!(choose(&loads, now, below, false), 1);
         // ...and no second one before its first is measured.
+        loads[1].assigned = 1;
+        assert_eq!(choose(&loads, now, below, false), 2);
+        // One slow read (a cold cache) does not starve it: idle, it is tried again.
+        loads[1] = load(1, 1_000, 0);
+        assert_eq!(choose(&loads, now, below, false), 1);
         loads[1].assigned = 1;
         assert_eq!(choose(&loads, now, below, false), 2);
         // Measured: the one that would finish a group first. Store 2 reads 1 GB/s but has
