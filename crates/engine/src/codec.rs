@@ -229,6 +229,19 @@ pub struct DecodedFrame {
 }
 
 impl DecodedFrame {
+    /// Every chunk's id from the table with the SHA-256 of its bytes, the frame's chunks
+    /// hashed together ([`ChunkId::of_each`]): the chunk is intact where the two agree.
+    pub fn hashed(&self) -> Vec<(ChunkId, ChunkId)> {
+        let mut at = 0usize;
+        let pieces = self.table.chunks.iter().map(|(_, len)| {
+            let piece = &self.data[at..at + *len as usize];
+            at += *len as usize;
+            piece
+        });
+        let actual = ChunkId::of_each(pieces);
+        self.table.chunks.iter().map(|c| c.0).zip(actual).collect()
+    }
+
     /// Every chunk with its bytes, unverified.
     pub fn chunks(&self) -> impl Iterator<Item = (ChunkId, Bytes)> + '_ {
         let mut at = 0usize;
@@ -305,10 +318,7 @@ impl Decoder {
     /// names the first chunk that is not.
     pub fn decode_verified(&mut self, frame: &[u8]) -> Result<DecodedFrame, Error> {
         let d = self.decode(frame)?;
-        let chunks: Vec<(ChunkId, Bytes)> = d.chunks().collect();
-        let pieces: Vec<&[u8]> = chunks.iter().map(|(_, b)| &b[..]).collect();
-        for ((id, _), actual) in chunks.iter().zip(ChunkId::of_each(&pieces)) {
-            let id = *id;
+        for (id, actual) in d.hashed() {
             if actual != id {
                 return Err(Error::ChunkCorrupt {
                     id,

@@ -366,9 +366,7 @@ impl Restore<'_> {
                 IdMap::with_capacity_and_hasher(group.len(), IdBuild::default());
             let mut failed: IdMap<Error> = IdMap::default();
             // Every chunk's SHA-256, the group's chunks hashed together in vector lanes.
-            let pieces: Vec<&[u8]> = fetched.iter().map(|(_, data)| &data[..]).collect();
-            let hashed = ChunkId::of_each(&pieces);
-            drop(pieces);
+            let hashed = ChunkId::of_each(fetched.iter().map(|(_, data)| &data[..]));
             for ((id, data), actual) in fetched.into_iter().zip(hashed) {
                 if !wanted.contains(&id) || good.contains_key(&id) {
                     continue;

@@ -138,9 +138,7 @@ pub fn snapshot_image(
                     }
                     let mut ids = Vec::with_capacity(job.chunks.len());
                     let mut fresh: Vec<(u32, ChunkId, &[u8])> = Vec::new();
-                    let pieces: Vec<&[u8]> = job.chunks.iter().map(|c| &c.1[..]).collect();
-                    let hashed = ChunkId::of_each(&pieces);
-                    drop(pieces);
+                    let hashed = ChunkId::of_each(job.chunks.iter().map(|c| &c.1[..]));
                     for ((index, data), id) in job.chunks.iter().zip(hashed) {
                         ids.push((*index, id));
                         if let Some(class) = sink.claim(&id) {

@@ -331,14 +331,13 @@ pub fn run(opts: &BenchOptions, rt: &tokio::runtime::Handle) -> Result<BenchRepo
         let mut bytes = 0;
         for p in &pieces {
             if bytes + p.len() > FRAME_TARGET && !batch.is_empty() {
-                ids.extend(ChunkId::of_each(&batch));
-                batch.clear();
+                ids.extend(ChunkId::of_each(batch.drain(..)));
                 bytes = 0;
             }
             batch.push(&p[..]);
             bytes += p.len();
         }
-        ids.extend(ChunkId::of_each(&batch));
+        ids.extend(ChunkId::of_each(batch));
     }));
     let mut enc = Encoder::new(opts.level)?;
     let mut encode = |keep: bool| {

@@ -544,9 +544,9 @@ struct RegionSource {
 }
 
 impl RegionSource {
-    /// Largest read: larger from remote stores, whose cost is per request.
-    fn span_bytes(&self) -> u64 {
-        match self.stores.first().map(|b| b.remote.is_some()) {
+    /// Largest read from store `n`: larger from remote stores, whose cost is per request.
+    fn span_bytes(&self, n: usize) -> u64 {
+        match self.stores.get(n).map(|b| b.remote.is_some()) {
             Some(true) => index::REMOTE_SPAN_BYTES,
             _ => index::SPAN_BYTES,
         }
@@ -656,12 +656,8 @@ impl RegionSource {
         frames: Vec<(FrameRef, Vec<ChunkId>)>,
     ) -> std::result::Result<Fetched, geosnap_engine::Error> {
         let store = &self.stores[n];
-        let span = match store.remote {
-            Some(_) => index::REMOTE_SPAN_BYTES,
-            None => index::SPAN_BYTES,
-        };
         let mut out = Vec::new();
-        for run in index::spans(frames, span) {
+        for run in index::spans(frames, self.span_bytes(n)) {
             let refs: Vec<_> = run.iter().map(|(f, _)| *f).collect();
             let bytes = self
                 .loads
@@ -797,7 +793,7 @@ impl ChunkSource for RegionSource {
         if let Ok(mut striped) = self.striped.lock() {
             *striped = IdSet::default();
         }
-        index::spans(frames, self.span_bytes())
+        index::spans(frames, self.span_bytes(0))
             .into_iter()
             .map(|run| run.into_iter().flat_map(|(_, ids)| ids).collect())
             .chain(unknown.into_iter().map(|id| vec![id]))

@@ -62,12 +62,7 @@ pub async fn gather(sources: &[Bucket], wanted: HashSet<ChunkId>, concurrency: u
             let bytes = index::read_frame(src, &frame).await.ok()?;
             let checked = tokio::task::spawn_blocking(move || {
                 let decoded = decode_frame(&bytes).ok()?;
-                let chunks: Vec<(ChunkId, Bytes)> = decoded.chunks().collect();
-                let pieces: Vec<&[u8]> = chunks.iter().map(|(_, b)| &b[..]).collect();
-                let whole = ChunkId::of_each(&pieces)
-                    .iter()
-                    .zip(&chunks)
-                    .all(|(actual, (id, _))| actual == id);
+                let whole = decoded.hashed().iter().all(|(id, actual)| id == actual);
                 if whole {
                     return Some((Some((decoded.table.chunks.clone(), bytes)), Vec::new()));
                 }
@@ -541,16 +536,12 @@ fn check_pack(bytes: &Bytes) -> PackCheck {
     };
     for f in frames {
         let result = match decode_frame(&f.bytes) {
-            Ok(d) => {
-                let chunks: Vec<(ChunkId, Bytes)> = d.chunks().collect();
-                let pieces: Vec<&[u8]> = chunks.iter().map(|(_, b)| &b[..]).collect();
-                Ok(ChunkId::of_each(&pieces)
-                    .into_iter()
-                    .zip(&chunks)
-                    .filter(|(actual, (id, _))| actual == id)
-                    .map(|(_, (id, _))| *id)
-                    .collect())
-            }
+            Ok(d) => Ok(d
+                .hashed()
+                .into_iter()
+                .filter(|(id, actual)| id == actual)
+                .map(|(id, _)| id)
+                .collect()),
             Err(e) => Err(e.to_string()),
         };
         c.frames.insert(f.offset, result);
