@@ -384,16 +384,24 @@ const STRIPE_PROBE_BYTES: u64 = 16 << 20;
 /// Reads of another store below which its rate is not trusted yet.
 const STRIPE_SAMPLE_READS: u64 = 4;
 
+/// Bytes of a store's reads its rate looks back over, about: once its recent reads pass
+/// this, their bytes and busy time are halved, so older reads count for less and less and a
+/// store that slows down (or recovers) late in a restore is seen within a few groups.
+const RATE_WINDOW: u64 = 32 << 20;
+
 /// What one store has done for this restore.
 #[derive(Clone, Copy, Debug, Default)]
 struct Load {
     /// Groups being fetched from it now.
     assigned: usize,
-    /// Reads in flight, and since when it has had at least one.
+    /// Reads in flight, and since when its busy time was last counted (while any is).
     reading: usize,
     busy_since: Option<Instant>,
-    /// Time it had at least one read in flight, and what its reads brought in that time.
+    /// Its recent reads (see [`RATE_WINDOW`]): what they brought in and the time it had at
+    /// least one read in flight.
     busy: Duration,
+    recent: u64,
+    /// All it has read for this restore, and in how many reads.
     bytes: u64,
     reads: u64,
     /// A read failed: it gets no more striped groups.
@@ -401,11 +409,38 @@ struct Load {
 }
 
 impl Load {
-    /// Bytes per second while busy: what the store delivers with the reads this restore
-    /// keeps in flight (a shared link or a per-request latency both show here).
+    /// Bytes per second while busy, lately: what the store delivers with the reads this
+    /// restore keeps in flight (a shared link or a per-request latency both show here).
     fn rate(&self, now: Instant) -> Option<f64> {
         let busy = self.busy + self.busy_since.map_or(Duration::ZERO, |s| now - s);
-        (self.reads > 0 && !busy.is_zero()).then(|| self.bytes as f64 / busy.as_secs_f64())
+        (self.reads > 0 && !busy.is_zero()).then(|| self.recent as f64 / busy.as_secs_f64())
+    }
+
+    fn started(&mut self, now: Instant) {
+        self.reading += 1;
+        if self.reading == 1 {
+            self.busy_since = Some(now);
+        }
+    }
+
+    /// A read ended at `now`, having brought `bytes` (`None`: it failed).
+    fn ended(&mut self, now: Instant, bytes: Option<u64>) {
+        self.reading = self.reading.saturating_sub(1);
+        if let Some(since) = self.busy_since.take() {
+            self.busy += now.saturating_duration_since(since);
+        }
+        if self.reading > 0 {
+            self.busy_since = Some(now);
+        }
+        if let Some(n) = bytes {
+            self.bytes += n;
+            self.recent += n;
+            self.reads += 1;
+            if self.recent > RATE_WINDOW {
+                self.recent /= 2;
+                self.busy /= 2;
+            }
+        }
     }
 }
 
@@ -427,26 +462,13 @@ impl Loads {
 
     /// Runs a read of store `n`, timing it.
     fn timed(&self, n: usize, read: impl FnOnce() -> Result<Vec<Bytes>>) -> Result<Vec<Bytes>> {
-        self.with(|l| {
-            l[n].reading += 1;
-            if l[n].reading == 1 {
-                l[n].busy_since = Some(Instant::now());
-            }
-        });
+        self.with(|l| l[n].started(Instant::now()));
         let got = read();
-        self.with(|l| {
-            let load = &mut l[n];
-            load.reading -= 1;
-            if load.reading == 0
-                && let Some(since) = load.busy_since.take()
-            {
-                load.busy += since.elapsed();
-            }
-            if let Ok(frames) = &got {
-                load.bytes += frames.iter().map(|f| f.len() as u64).sum::<u64>();
-                load.reads += 1;
-            }
-        });
+        let bytes = got
+            .as_ref()
+            .ok()
+            .map(|frames| frames.iter().map(|f| f.len() as u64).sum());
+        self.with(|l| l[n].ended(Instant::now(), bytes));
         got
     }
 
@@ -854,6 +876,7 @@ mod tests {
         Load {
             assigned,
             busy: Duration::from_millis(ms),
+            recent: mib << 20,
             bytes: mib << 20,
             reads: mib,
             ..Load::default()
@@ -933,5 +956,40 @@ mod tests {
         assert_eq!((l.reads, l.reading), (1, 0));
         assert!(l.busy >= Duration::from_millis(20), "{:?}", l.busy);
         assert!(l.rate(Instant::now()).is_some_and(|r| r < 1024.0 / 0.02));
+    }
+
+    #[test]
+    fn a_store_that_slows_down_late_is_judged_by_its_recent_reads() {
+        let start = Instant::now();
+        let mut l = Load::default();
+        let mut at = start;
+        let read = |l: &mut Load, at: &mut Instant, mib: u64, ms: u64| {
+            l.started(*at);
+            *at += Duration::from_millis(ms);
+            l.ended(*at, Some(mib << 20));
+        };
+        // 256 MiB at 1 GiB/s, then 24 MiB at 16 MiB/s.
+        for _ in 0..64 {
+            read(&mut l, &mut at, 4, 4);
+        }
+        let fast = l.rate(at).unwrap();
+        assert!(fast > 1e9, "{fast}");
+        for _ in 0..6 {
+            read(&mut l, &mut at, 4, 250);
+        }
+        // Over the whole restore it would still read 190 MB/s; lately it reads far less.
+        let total = l.bytes as f64 / (at - start).as_secs_f64();
+        assert!(total > 128e6, "{total}");
+        let lately = l.rate(at).unwrap();
+        assert!(lately < 64e6, "{lately}");
+        assert_eq!((l.bytes, l.reads), (280 << 20, 70));
+        // Reads that overlap count their shared time once.
+        let mut m = Load::default();
+        m.started(start);
+        m.started(start);
+        m.ended(start + Duration::from_millis(100), Some(1 << 20));
+        m.ended(start + Duration::from_millis(100), Some(1 << 20));
+        assert_eq!(m.busy, Duration::from_millis(100));
+        assert_eq!(m.reading, 0);
     }
 }
