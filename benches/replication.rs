@@ -76,6 +76,7 @@ fn bench(c: &mut Criterion) {
                     },
                     options: Default::default(),
                     reuse: None,
+                    resume: Default::default(),
                 };
                 let out = rt
                     .block_on(write_snapshot(&regions, req, Arc::new(NoProgress), &|| 0))

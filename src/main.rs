@@ -482,9 +482,10 @@ fn bench(
             .collect();
         s += &table(&["STAGE", "RATE"], &rows);
         s += &format!(
-            "\nceiling: {:.2} core-seconds per GiB of this image (read + zero check + SHA-256 + zstd + one pack copy per region) \
-             -> {:.0} MB/s on {} cores\n",
-            r.core_seconds_per_gib, r.ceiling_mb_per_s, r.cores
+            "\nthe {} cores hash and compress at once as fast as {:.2} of them alone\n\
+             ceiling: {:.2} core-seconds per GiB of this image (read + zero check + SHA-256 + zstd + one pack copy per region) \
+             -> {:.0} MB/s on {:.2} cores' worth\n",
+            r.cores, r.parallel_cores, r.core_seconds_per_gib, r.ceiling_mb_per_s, r.parallel_cores
         );
         s += &format!(
             "snapshot into three in-memory regions: {} ({:.0} MB/s), {:.0} % of the ceiling\n",
@@ -766,6 +767,12 @@ fn snapshot(g: &Geosnap, cmd: SnapshotCmd, out: &Out, ui: &Terminal) -> Result<E
                     text += &format!(
                         "  image unchanged since snapshot {from} (same file, size and times; \
                          sampled chunks checked): its manifest was reused without a scan\n"
+                    );
+                }
+                if let Some(at) = s.resumed_at {
+                    text += &format!(
+                        "  resumed at {} where an interrupted attempt had checkpointed its scan\n",
+                        size(at)
                     );
                 }
                 text += &format!("  replicas: {}\n", replicas_line(&view.replicas, out));

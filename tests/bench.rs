@@ -48,6 +48,10 @@ fn bench_reports_every_stage_the_ceiling_and_both_pipelines() {
     let data = r["image"]["data_bytes"].as_u64().unwrap();
     assert!(data > 0 && data < 32 << 20);
     assert!(r["ceiling_mb_per_s"].as_f64().unwrap() > 0.0);
+    // The ceiling counts the cores' work together, never more than all of them.
+    let cores = r["cores"].as_u64().unwrap() as f64;
+    let parallel = r["parallel_cores"].as_f64().unwrap();
+    assert!((1.0..=cores).contains(&parallel), "{parallel} of {cores}");
     let frac = r["snapshot"]["of_ceiling"].as_f64().unwrap();
     assert!(frac > 0.0 && frac < 2.0, "{frac}");
     assert!(r["restore"]["seconds"].as_f64().unwrap() > 0.0);

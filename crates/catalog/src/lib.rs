@@ -42,6 +42,7 @@
 
 #![warn(missing_docs)]
 
+mod checkpoints;
 mod error;
 mod instances;
 mod replicas;

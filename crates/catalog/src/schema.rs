@@ -90,6 +90,23 @@ const MIGRATIONS: &[&str] = &[
                                        AND reused_from NOT GLOB '*[^0-9a-f]*'));
     CREATE INDEX snapshots_by_source ON snapshots (instance, source) WHERE source IS NOT NULL;
     "#,
+    // 3: checkpoints of a snapshot's scan (the extents it finished from start_offset to
+    // end_offset, encoded as a manifest encodes them, with the image file's stamp and the
+    // chunker they hold for), from which a retry of an interrupted attempt resumes; and
+    // where the attempt that committed a snapshot resumed its scan.
+    r#"
+    CREATE TABLE checkpoints (
+        snapshot_id  TEXT NOT NULL REFERENCES snapshots (id) ON DELETE CASCADE,
+        start_offset INTEGER NOT NULL CHECK (start_offset >= 0),
+        end_offset   INTEGER NOT NULL CHECK (end_offset > start_offset),
+        source       TEXT NOT NULL,
+        chunker      TEXT NOT NULL,
+        extents      BLOB NOT NULL,
+        PRIMARY KEY (snapshot_id, start_offset)
+    ) STRICT;
+    ALTER TABLE snapshots ADD COLUMN resumed_at INTEGER
+        CHECK (resumed_at IS NULL OR resumed_at > 0);
+    "#,
 ];
 
 /// The schema version this build writes and the newest it reads.

@@ -110,6 +110,9 @@ pub struct Snapshot {
     /// changed since (its file's identity, size and times), if it did.
     #[serde(serialize_with = "snapshot_id::serialize_opt")]
     pub reused_from: Option<SnapshotId>,
+    /// Image offset where the attempt that wrote it resumed the scan of an interrupted
+    /// one, if it did.
+    pub resumed_at: Option<u64>,
 }
 
 impl Snapshot {
@@ -135,7 +138,7 @@ impl Snapshot {
 
 const COLUMNS: &str = "id, instance, name, backing, home_region, state, retention_days, \
      created_at, completed_at, expires_at, image_size, data_bytes, stored_bytes, chunk_count, error, \
-     reused_from";
+     reused_from, resumed_at";
 
 fn from_row(row: &Row<'_>) -> rusqlite::Result<Snapshot> {
     let days: u32 = row.get(6)?;
@@ -159,6 +162,7 @@ fn from_row(row: &Row<'_>) -> rusqlite::Result<Snapshot> {
         chunk_count: row.get(13)?,
         error: row.get(14)?,
         reused_from: snapshot_id::opt_id_at(row, 15)?,
+        resumed_at: row.get(16)?,
     })
 }
 
@@ -409,6 +413,22 @@ impl Catalog {
         })
     }
 
+    /// Records where the attempt that committed snapshot `id` resumed its scan.
+    pub fn set_snapshot_resumed(&self, id: &SnapshotId, offset: u64) -> Result<(), Error> {
+        self.write("recording where a snapshot resumed", |tx| {
+            let n = tx
+                .execute(
+                    "UPDATE snapshots SET resumed_at = ?2 WHERE id = ?1",
+                    params![id.to_hex(), (offset > 0).then_some(offset)],
+                )
+                .during("recording where a snapshot resumed")?;
+            if n == 0 {
+                return Err(not_found(id));
+            }
+            Ok(())
+        })
+    }
+
     /// The newest available or degraded snapshot of `instance` taken from `source`,
     /// provided one of them that scanned the image (reused nothing) completed at or after
     /// `scanned_since`.
@@ -571,6 +591,7 @@ fn insert_snapshot(tx: &rusqlite::Transaction<'_>, new: &NewSnapshot) -> Result<
         chunk_count: None,
         error: None,
         reused_from: None,
+        resumed_at: None,
     })
 }
 
@@ -615,6 +636,7 @@ mod tests {
             chunk_count: None,
             error: None,
             reused_from: None,
+            resumed_at: None,
         };
         assert_eq!(s.meta(), None);
         s.completed_at = Some(20);

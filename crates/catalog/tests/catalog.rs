@@ -913,3 +913,79 @@ fn snapshots_are_found_by_source_while_a_scan_of_it_is_recent() {
     assert_eq!(cat.snapshot_from_source("vm", "S", T0).unwrap(), None);
     assert!(cat.set_snapshot_source(&scanned, Some("S"), None).is_err());
 }
+
+#[test]
+fn checkpoints_form_one_chain_pass_to_a_retaken_snapshot_and_go_with_it() {
+    let (_d, cat) = catalog();
+    add_vm(&cat, "vm");
+    let a = add_snap(&cat, "vm", "a");
+    let visit = |id: &SnapshotId, source: &str| {
+        let mut seen = Vec::new();
+        let end = cat
+            .visit_checkpoints(id, source, "fixed:16K", |end, e| {
+                seen.push((end, e.to_vec()));
+                true
+            })
+            .unwrap();
+        (end, seen)
+    };
+    for (start, end) in [(0, 10), (10, 20), (20, 30)] {
+        cat.add_checkpoint(&a, "stamp", "fixed:16K", start, end, &[start as u8])
+            .unwrap();
+    }
+    assert_eq!(visit(&a, "stamp").0, 30);
+    // Another stamp or chunker: nothing to resume from.
+    assert_eq!(visit(&a, "other").0, 0);
+    assert_eq!(
+        cat.visit_checkpoints(&a, "stamp", "fixed:64K", |_, _| true)
+            .unwrap(),
+        0
+    );
+    // A retry that resumed at 10 replaces everything recorded from there on.
+    cat.add_checkpoint(&a, "stamp", "fixed:16K", 10, 25, &[99])
+        .unwrap();
+    let (end, seen) = visit(&a, "stamp");
+    assert_eq!(end, 25);
+    assert_eq!(seen, vec![(10, vec![0]), (25, vec![99])]);
+    // A visitor that stops: the chain ends where it stopped.
+    assert_eq!(
+        cat.visit_checkpoints(&a, "stamp", "fixed:16K", |_, _| false)
+            .unwrap(),
+        0
+    );
+
+    // Not taken over while `a` is not failed (it may still be running).
+    let b = add_snap(&cat, "vm", "b");
+    assert!(
+        !cat.adopt_checkpoints(&b, "vm", "stamp", "fixed:16K")
+            .unwrap()
+    );
+    cat.set_snapshot_state(&a, SnapshotState::Failed, Some("region down"))
+        .unwrap();
+    // Not for another stamp, then for the same one.
+    assert!(
+        !cat.adopt_checkpoints(&b, "vm", "other", "fixed:16K")
+            .unwrap()
+    );
+    assert!(
+        cat.adopt_checkpoints(&b, "vm", "stamp", "fixed:16K")
+            .unwrap()
+    );
+    assert_eq!(visit(&b, "stamp").0, 25);
+    assert_eq!(visit(&a, "stamp").0, 0);
+    // Once it has its own, nothing more is taken over.
+    assert!(
+        !cat.adopt_checkpoints(&b, "vm", "stamp", "fixed:16K")
+            .unwrap()
+    );
+
+    cat.set_snapshot_resumed(&b, 10).unwrap();
+    assert_eq!(cat.snapshot(&b).unwrap().resumed_at, Some(10));
+    cat.clear_checkpoints(&b).unwrap();
+    assert_eq!(visit(&b, "stamp").0, 0);
+    // Rows go with their snapshot.
+    cat.add_checkpoint(&b, "stamp", "fixed:16K", 0, 5, &[1])
+        .unwrap();
+    cat.delete_snapshot(&b).unwrap();
+    assert_eq!(visit(&b, "stamp").0, 0);
+}

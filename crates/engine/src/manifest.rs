@@ -316,6 +316,24 @@ fn encode_extent(out: &mut Vec<u8>, e: &Extent) {
     }
 }
 
+/// Appends `extents` to `out` encoded as a manifest's extent list encodes them (tag,
+/// length, a chunk's id; no offsets): how a snapshot's checkpoints keep the extents a scan
+/// has finished, so that a later attempt can resume after them.
+pub fn encode_extents<'a>(out: &mut Vec<u8>, extents: impl IntoIterator<Item = &'a Extent>) {
+    for e in extents {
+        encode_extent(out, e);
+    }
+}
+
+/// The extents [`encode_extents`] wrote to `r`, the first starting at image offset
+/// `start`, until `r` ends; an extent cut short or malformed is an error that ends them.
+pub fn decode_extents<R: BufRead>(r: R, start: u64) -> impl Iterator<Item = Result<Extent, Error>> {
+    let mut extents = Extents::new(r, u64::MAX);
+    extents.offset = start;
+    extents.until_end = true;
+    extents
+}
+
 /// A manifest's extents, encoded as a scan cuts them into an anonymous temporary file, so
 /// a snapshot holds no extent list in memory whatever the image size (36 bytes per 16 KiB
 /// chunk: 2.4 GB for a dense 1 TiB image). [`ExtentLog::finish`] turns it into the
@@ -568,6 +586,8 @@ struct Extents<R> {
     offset: u64,
     index: u64,
     failed: bool,
+    /// Read until `r` ends instead of `left` extents.
+    until_end: bool,
 }
 
 impl<R: BufRead> Extents<R> {
@@ -579,6 +599,7 @@ impl<R: BufRead> Extents<R> {
             offset: 0,
             index: 0,
             failed: false,
+            until_end: false,
         }
     }
 
@@ -619,6 +640,9 @@ impl<R: BufRead> Extents<R> {
 
     fn try_next(&mut self) -> Result<Option<Extent>, Error> {
         if self.left == 0 {
+            return Ok(None);
+        }
+        if self.until_end && self.r.fill_buf().map_err(read_err)?.is_empty() {
             return Ok(None);
         }
         let i = self.index;

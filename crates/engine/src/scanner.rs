@@ -90,6 +90,13 @@ impl Scanner {
         }
     }
 
+    /// The same scanner fed from image offset `offset` on (a resumed scan) instead of 0.
+    /// Until it reaches a [`ZERO_BLOCK`] boundary it takes windows, not holes.
+    pub fn starting_at(mut self, offset: u64) -> Scanner {
+        self.next = offset;
+        self
+    }
+
     /// Offset of the next byte to feed.
     pub fn position(&self) -> u64 {
         self.next

@@ -98,12 +98,67 @@ struct Done {
     stored: u64,
 }
 
+/// Where a scan picks up from an earlier, interrupted attempt at the same snapshot.
+pub struct ResumeFrom<'a> {
+    /// The extents of the image before the resume point, in order from offset 0, as the
+    /// earlier attempt cut them; their chunks must already be in the store.
+    pub extents: &'a mut dyn Iterator<Item = Result<Extent, Error>>,
+}
+
+impl std::fmt::Debug for ResumeFrom<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResumeFrom").finish_non_exhaustive()
+    }
+}
+
+/// The extents a scan has finished since its last checkpoint: every byte of the image
+/// before `end` is described by them and the checkpoints before.
+#[derive(Debug)]
+pub struct Checkpoint<'a> {
+    /// Image offset where the first of them starts (the last checkpoint's `end`).
+    pub start: u64,
+    /// Image offset where the last of them ends.
+    pub end: u64,
+    /// The extents, as [`crate::manifest::encode_extents`] writes them.
+    pub extents: &'a [u8],
+}
+
+/// Receives checkpoints once at least `every` bytes of the image have been finished since
+/// the last one. Called on the scan's reader thread: it should not take long.
+pub struct Journal<'a> {
+    /// Image bytes between checkpoints.
+    pub every: u64,
+    /// Records one checkpoint.
+    pub record: &'a mut dyn FnMut(&Checkpoint<'_>),
+}
+
+impl std::fmt::Debug for Journal<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Journal")
+            .field("every", &self.every)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Scans `image`, stores every chunk `sink` lacks, and returns the extents.
 pub fn snapshot_image(
     image: &Image,
     opts: &SnapshotOptions,
     sink: &dyn ChunkSink,
     progress: &dyn Progress,
+) -> Result<Scanned, Error> {
+    snapshot_image_with(image, opts, sink, progress, None, None)
+}
+
+/// [`snapshot_image`], after the extents of `resume` (whose chunks are taken as stored,
+/// and which are not read again) and handing finished extents to `journal` as it goes.
+pub fn snapshot_image_with(
+    image: &Image,
+    opts: &SnapshotOptions,
+    sink: &dyn ChunkSink,
+    progress: &dyn Progress,
+    resume: Option<ResumeFrom<'_>>,
+    journal: Option<Journal<'_>>,
 ) -> Result<Scanned, Error> {
     opts.chunker.validate()?;
     Encoder::new(opts.level)?;
@@ -177,7 +232,9 @@ pub fn snapshot_image(
             });
         }
         drop(done_tx);
-        let r = read_image(image, opts, &job_tx, &done_rx, &cancel, progress);
+        let r = read_image(
+            image, opts, &job_tx, &done_rx, &cancel, progress, resume, journal,
+        );
         drop(job_tx);
         r
     });
@@ -194,7 +251,7 @@ pub fn snapshot_image(
 }
 
 /// Records a finished job's chunk ids and figures.
-fn apply(d: Done, pending: &mut Pending, stats: &mut SnapshotStats) -> Result<(), Error> {
+fn apply(d: Done, pending: &mut Pending<'_>, stats: &mut SnapshotStats) -> Result<(), Error> {
     for (index, id) in d.ids {
         pending.fill(index, id);
     }
@@ -207,21 +264,46 @@ fn apply(d: Done, pending: &mut Pending, stats: &mut SnapshotStats) -> Result<()
 /// Extents cut but not yet in the log: a chunk waits for its id, and everything after it
 /// waits for it, so the log receives extents in image order. Only the jobs in flight are
 /// waited for, so this stays small whatever the image size.
-struct Pending {
+struct Pending<'j> {
     /// Index (in image order) of `queue[0]`.
     first: usize,
     /// Extents and whether their id is known.
     queue: VecDeque<(Extent, bool)>,
     log: ExtentLog,
+    journal: Option<Journaled<'j>>,
 }
 
-impl Pending {
-    fn new(log: ExtentLog) -> Pending {
+/// A journal and the extents logged since its last checkpoint.
+struct Journaled<'j> {
+    journal: Journal<'j>,
+    start: u64,
+    end: u64,
+    since: Vec<u8>,
+}
+
+impl<'j> Pending<'j> {
+    fn new(log: ExtentLog, journal: Option<Journal<'j>>) -> Pending<'j> {
         Pending {
             first: 0,
             queue: VecDeque::new(),
             log,
+            journal: journal.map(|journal| Journaled {
+                journal,
+                start: 0,
+                end: 0,
+                since: Vec::new(),
+            }),
         }
+    }
+
+    /// Logs an extent an earlier attempt finished (already checkpointed).
+    fn resumed(&mut self, e: &Extent) -> Result<(), Error> {
+        self.log.push(e)?;
+        if let Some(j) = &mut self.journal {
+            j.start = e.offset() + e.len();
+            j.end = j.start;
+        }
+        Ok(())
     }
 
     /// Queues the next extent; returns its index.
@@ -245,6 +327,19 @@ impl Pending {
     fn drain(&mut self) -> Result<(), Error> {
         while let Some((e, true)) = self.queue.front() {
             self.log.push(e)?;
+            if let Some(j) = &mut self.journal {
+                crate::manifest::encode_extents(&mut j.since, [e]);
+                j.end = e.offset() + e.len();
+                if j.end - j.start >= j.journal.every.max(1) {
+                    (j.journal.record)(&Checkpoint {
+                        start: j.start,
+                        end: j.end,
+                        extents: &j.since,
+                    });
+                    j.since.clear();
+                    j.start = j.end;
+                }
+            }
             self.queue.pop_front();
             self.first += 1;
         }
@@ -263,23 +358,49 @@ impl Pending {
 }
 
 /// The reader: windows in, jobs and extents out.
-fn read_image(
+#[allow(clippy::too_many_arguments)]
+fn read_image<'j>(
     image: &Image,
     opts: &SnapshotOptions,
     jobs: &crossbeam_channel::Sender<Job>,
     done: &crossbeam_channel::Receiver<Done>,
     cancel: &AtomicBool,
     progress: &dyn Progress,
-) -> Result<(Pending, SnapshotStats), Error> {
+    resume: Option<ResumeFrom<'_>>,
+    journal: Option<Journal<'j>>,
+) -> Result<(Pending<'j>, SnapshotStats), Error> {
     let size = image.size();
     let window = opts.window();
     let mut scanner = Scanner::new(opts.chunker);
-    let mut pending = Pending::new(ExtentLog::new(opts.chunker)?);
+    let mut pending = Pending::new(ExtentLog::new(opts.chunker)?, journal);
     let failed: std::cell::Cell<Option<Error>> = std::cell::Cell::new(None);
     let mut stats = SnapshotStats {
         image_size: size,
         ..SnapshotStats::default()
     };
+    // An earlier attempt's extents: logged as they are; the scan starts where they end.
+    let mut start = 0u64;
+    if let Some(resume) = resume {
+        for e in resume.extents {
+            let e = e?;
+            match e {
+                Extent::Zero { len, .. } => stats.zero_bytes += len,
+                Extent::Chunk { len, .. } => {
+                    stats.data_bytes += u64::from(len);
+                    stats.chunks += 1;
+                }
+            }
+            pending.resumed(&e)?;
+            start = e.offset() + e.len();
+        }
+        if start > size {
+            return Err(Error::ManifestCorrupt(format!(
+                "the interrupted attempt's extents reach {start}, past the image's {size} bytes"
+            )));
+        }
+        progress.advance(start);
+        scanner = scanner.starting_at(start);
+    }
     let stopped = std::cell::Cell::new(false);
     let mut batch: Vec<(usize, Bytes)> = Vec::new();
     let mut batch_bytes = 0usize;
@@ -323,13 +444,25 @@ fn read_image(
             batch.push((index, data));
         }
     };
-    let mut pos = 0u64;
+    let mut pos = start;
     while pos < size {
         if let Some(e) = failed.take() {
             return Err(e);
         }
         if cancel.load(Ordering::Relaxed) || stopped.get() {
             return Err(Error::Cancelled);
+        }
+        // A resumed scan may start inside a zero block (after a content-defined chunk):
+        // a window first, which ends on a block boundary.
+        let misaligned = pos % ZERO_BLOCK as u64;
+        if misaligned != 0 {
+            let n = (window as u64 - misaligned).min(size - pos) as usize;
+            let mut buf = scanner.take_buffer(n);
+            let carry = buf.len() - n;
+            image.read_at(pos, &mut buf[carry..])?;
+            pos += n as u64;
+            scanner.push(buf, pos == size, &mut emit);
+            continue;
         }
         // Skip long holes without reading them.
         let hole_end = match image.next_data(pos)? {
@@ -485,7 +618,7 @@ mod tests {
         ) {
             let want = extents(&lens);
             let chunker = ChunkerParams::fixed(16384).unwrap();
-            let mut pending = Pending::new(ExtentLog::new(chunker).unwrap());
+            let mut pending = Pending::new(ExtentLog::new(chunker).unwrap(), None);
             let mut indexes = Vec::new();
             for e in &want {
                 let placeholder = match *e {
@@ -523,7 +656,7 @@ mod tests {
     #[test]
     fn a_chunk_never_filled_leaves_the_snapshot_cancelled() {
         let chunker = ChunkerParams::fixed(16384).unwrap();
-        let mut pending = Pending::new(ExtentLog::new(chunker).unwrap());
+        let mut pending = Pending::new(ExtentLog::new(chunker).unwrap(), None);
         pending.push(Extent::Zero {
             offset: 0,
             len: 4096,

@@ -497,3 +497,101 @@ fn a_chunk_recurring_in_later_windows_is_recovered_once() {
     assert_eq!(src.recovered.lock().unwrap().len(), 1);
     assert_eq!(fs::read(&out).unwrap(), vec![7u8; 4 * 4096]);
 }
+
+#[test]
+fn a_scan_resumed_at_a_checkpoint_describes_the_image_as_a_whole_scan_does() {
+    use geosnap_engine::manifest::{decode_extents, encode_extents};
+    use geosnap_engine::snapshot::{Journal, ResumeFrom, snapshot_image_with};
+
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("sparse");
+    generate(&p, 48 << 20, Profile::Sparse, 9).unwrap();
+    let img = Image::open(&p).unwrap();
+    for chunker in ["fixed:16K", "cdc:16K:64K:256K"] {
+        let opts = SnapshotOptions {
+            chunker: chunker.parse().unwrap(),
+            ..Default::default()
+        };
+        let store = DirStore::new(&dir.path().join(format!("store-{chunker}"))).unwrap();
+        // A whole scan that records a checkpoint every 4 MiB of image.
+        let mut checkpoints: Vec<(u64, u64, Vec<u8>)> = Vec::new();
+        let mut record = |c: &geosnap_engine::snapshot::Checkpoint<'_>| {
+            checkpoints.push((c.start, c.end, c.extents.to_vec()));
+        };
+        let journal = Journal {
+            every: 4 << 20,
+            record: &mut record,
+        };
+        let whole =
+            snapshot_image_with(&img, &opts, &store, &NoProgress, None, Some(journal)).unwrap();
+        let whole_stats = whole.stats;
+        let want = whole.extents.into_extents().unwrap();
+        // The checkpoints tile the image from 0, each at least 4 MiB, and hold exactly the
+        // whole scan's extents.
+        assert!(checkpoints.len() >= 4, "{chunker}: {}", checkpoints.len());
+        let mut end = 0;
+        let mut recorded = Vec::new();
+        for (start, stop, bytes) in &checkpoints {
+            assert_eq!(*start, end);
+            assert!(stop - start >= 4 << 20);
+            let got: Vec<Extent> = decode_extents(&bytes[..], *start)
+                .collect::<Result<_, _>>()
+                .unwrap();
+            assert_eq!(got.last().map(|e| e.offset() + e.len()), Some(*stop));
+            recorded.extend(got);
+            end = *stop;
+        }
+        assert_eq!(recorded[..], want[..recorded.len()]);
+
+        // Resumed after the first half of the checkpoints: the same extents, and none of
+        // the image before the resume point is read or stored again.
+        let half = checkpoints.len() / 2;
+        let mut prefix = Vec::new();
+        for (_, _, bytes) in &checkpoints[..half] {
+            prefix.extend_from_slice(bytes);
+        }
+        let resumed_at = checkpoints[half - 1].1;
+        let mut extents = decode_extents(&prefix[..], 0);
+        let mut later = Vec::new();
+        let mut record =
+            |c: &geosnap_engine::snapshot::Checkpoint<'_>| later.push((c.start, c.end));
+        let fresh = DirStore::new(&dir.path().join(format!("fresh-{chunker}"))).unwrap();
+        let resumed = snapshot_image_with(
+            &img,
+            &opts,
+            &fresh,
+            &NoProgress,
+            Some(ResumeFrom {
+                extents: &mut extents,
+            }),
+            Some(Journal {
+                every: 4 << 20,
+                record: &mut record,
+            }),
+        )
+        .unwrap();
+        let stats = resumed.stats;
+        assert_eq!(
+            (stats.data_bytes, stats.zero_bytes, stats.chunks),
+            (
+                whole_stats.data_bytes,
+                whole_stats.zero_bytes,
+                whole_stats.chunks
+            ),
+            "{chunker}"
+        );
+        let got = resumed.extents.into_extents().unwrap();
+        assert_eq!(got[..], want[..], "{chunker}");
+        // Only chunks after the resume point went to the fresh store.
+        assert!(stats.new_bytes <= (48 << 20) - resumed_at, "{chunker}");
+        assert!(stats.new_chunks < whole_stats.new_chunks, "{chunker}");
+        // Its checkpoints carry on from the resume point.
+        assert_eq!(later.first().map(|c| c.0), Some(resumed_at), "{chunker}");
+
+        // Encoding is the manifest's: what the whole scan recorded encodes back the same.
+        let mut again = Vec::new();
+        encode_extents(&mut again, &recorded);
+        let all: Vec<u8> = checkpoints.iter().flat_map(|c| c.2.clone()).collect();
+        assert_eq!(again, all);
+    }
+}

@@ -124,6 +124,9 @@ pub struct BenchReport {
     pub image: BenchImage,
     /// Cores used.
     pub cores: usize,
+    /// How many cores' worth of hashing and compression all of them do at once: `cores`
+    /// where each is a core of its own, about 1 where two threads share one core.
+    pub parallel_cores: f64,
     /// The code that hashes batches of chunks on this CPU (`avx512-16`, `sha-ni`, ...).
     pub sha256: String,
     /// Chunker and zstd level.
@@ -375,6 +378,7 @@ pub fn run(opts: &BenchOptions, rt: &tokio::runtime::Handle) -> Result<BenchRepo
         },
     ));
     let frames = encode(true);
+    let parallel_cores = parallel_cores(cores, &pieces, opts.level)?;
     let compressed: u64 = frames.iter().map(|f| f.len() as u64).sum();
     // A region writer hands each pack to its store as the frames and their lengths; a
     // memory region joins them into its slabs (`geosnap_replication::memory`): one copy
@@ -468,6 +472,7 @@ pub fn run(opts: &BenchOptions, rt: &tokio::runtime::Handle) -> Result<BenchRepo
                 meta: meta.clone(),
                 options,
                 reuse: None,
+                resume: Default::default(),
             },
             Arc::new(NoProgress),
             &|| 0,
@@ -501,7 +506,7 @@ pub fn run(opts: &BenchOptions, rt: &tokio::runtime::Handle) -> Result<BenchRepo
         + 1.0 / rate("zstd")
         + REGIONS as f64 * stored_per_data_byte / rate("pack");
     let core_secs = allocated as f64 * scan + data_bytes as f64 * per_data_byte;
-    let ceiling_secs = core_secs / cores as f64;
+    let ceiling_secs = core_secs / parallel_cores;
     let core_seconds_per_gib = core_secs / (image.size().max(1) as f64 / (1u64 << 30) as f64);
     let ceiling_mb_per_s = mbps(image.size(), ceiling_secs);
     let snapshot = Pipeline {
@@ -556,6 +561,7 @@ pub fn run(opts: &BenchOptions, rt: &tokio::runtime::Handle) -> Result<BenchRepo
             generated,
         },
         cores,
+        parallel_cores,
         sha256: ChunkId::batch_backend().to_string(),
         chunker: opts.chunker.to_string(),
         level: opts.level,
@@ -570,6 +576,80 @@ pub fn run(opts: &BenchOptions, rt: &tokio::runtime::Handle) -> Result<BenchRepo
         let _ = std::fs::remove_file(&path);
     }
     Ok(report)
+}
+
+/// Bytes of chunk data the scaling measurement hashes and compresses on each thread.
+const SCALING_BYTES: usize = 64 << 20;
+
+/// How many cores' worth of work `cores` threads do together: the same hashing and
+/// compression (up to [`SCALING_BYTES`] of the sample's chunks, in frame-sized jobs as a
+/// snapshot's workers take them) timed on one thread, then on `cores` threads at once, each
+/// doing all of it. Virtual machines often give two hardware threads of one core as two
+/// CPUs; the ceiling counts what they do together, not two whole cores.
+fn parallel_cores(cores: usize, pieces: &[bytes::Bytes], level: i32) -> Result<f64> {
+    if cores <= 1 || pieces.is_empty() {
+        return Ok(cores.max(1) as f64);
+    }
+    let mut jobs: Vec<Vec<&[u8]>> = vec![Vec::new()];
+    let (mut job_bytes, mut total) = (0, 0);
+    for p in pieces {
+        if total >= SCALING_BYTES {
+            break;
+        }
+        if job_bytes + p.len() > FRAME_TARGET && job_bytes > 0 {
+            jobs.push(Vec::new());
+            job_bytes = 0;
+        }
+        jobs.last_mut().expect("one job at least").push(&p[..]);
+        job_bytes += p.len();
+        total += p.len();
+    }
+    let work = |enc: &mut Encoder| -> Result<()> {
+        for job in &jobs {
+            let ids = ChunkId::of_each(job.iter().copied());
+            let group: Vec<(ChunkId, &[u8])> = ids.into_iter().zip(job.iter().copied()).collect();
+            std::hint::black_box(enc.encode(&group)?);
+        }
+        Ok(())
+    };
+    // Each side is the median of STAGE_RUNS runs, after one untimed run that warms the
+    // encoders and the caches.
+    let mut encoders = (0..cores)
+        .map(|_| Encoder::new(level))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    work(&mut encoders[0])?;
+    let mut alone = [0.0; STAGE_RUNS];
+    for r in &mut alone {
+        let t = Instant::now();
+        work(&mut encoders[0])?;
+        *r = t.elapsed().as_secs_f64();
+    }
+    let mut together = [0.0; STAGE_RUNS];
+    for r in &mut together {
+        let barrier = std::sync::Barrier::new(cores);
+        let t = Instant::now();
+        std::thread::scope(|s| {
+            let handles: Vec<_> = encoders
+                .iter_mut()
+                .map(|enc| {
+                    let (barrier, work) = (&barrier, &work);
+                    s.spawn(move || {
+                        barrier.wait();
+                        work(enc)
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .try_for_each(|h| h.join().expect("a scaling thread panicked"))
+        })?;
+        *r = t.elapsed().as_secs_f64();
+    }
+    let (alone, together) = (median(&mut alone), median(&mut together));
+    if together <= 0.0 {
+        return Ok(cores as f64);
+    }
+    Ok((cores as f64 * alone / together).clamp(1.0, cores as f64))
 }
 
 /// Snapshots the image once per chunker into memory and describes the chunks.

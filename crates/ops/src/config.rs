@@ -69,10 +69,19 @@ pub struct Config {
     /// regions that hold the snapshot (e.g. "128M"; "0" never).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stripe_below: Option<String>,
+    /// Image bytes a snapshot scans between checkpoints, from which a retry of an
+    /// interrupted attempt resumes (e.g. "256M"; "0" never resumes); also how many pack
+    /// bytes it uploads to a region between index objects.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint_every: Option<String>,
     /// The regions, home region of new instances first.
     #[serde(rename = "region")]
     pub regions: Vec<RegionSpec>,
 }
+
+/// Default [`Config::checkpoint_every`]: 256 MiB, a quarter of a second of scanning here
+/// and a few seconds of uploading to a remote region.
+pub const CHECKPOINT_EVERY: u64 = 256 << 20;
 
 fn default_stale_after() -> i64 {
     30
@@ -96,6 +105,7 @@ impl Config {
             manifest_memory: None,
             index_memory: None,
             stripe_below: None,
+            checkpoint_every: None,
             regions: DEFAULT_REGIONS
                 .iter()
                 .map(|(name, country)| RegionSpec {
@@ -206,6 +216,10 @@ impl Config {
                     format!("stripe_below {v:?} is not a rate in bytes per second from 0 to 1T")
                 })?;
         }
+        let every = self.checkpoint_bytes()?;
+        if every > 0 {
+            t.index_every = every;
+        }
         if let Some(n) = self.upload_concurrency {
             if !(1..=256).contains(&n) {
                 return Err(format!("upload_concurrency {n} is not from 1 to 256"));
@@ -224,6 +238,16 @@ impl Config {
         let header = "# geosnap configuration: regions, write quorum and snapshot defaults.\n\
                       # Region URLs: file:///path, memory:// or an object_store URL (s3://...).\n\n";
         write_atomic(&dir.join(CONFIG_FILE), format!("{header}{text}").as_bytes())
+    }
+
+    /// Image bytes between a snapshot's checkpoints ([`Config::checkpoint_every`]; 0: none).
+    pub fn checkpoint_bytes(&self) -> std::result::Result<u64, String> {
+        match &self.checkpoint_every {
+            None => Ok(CHECKPOINT_EVERY),
+            Some(v) => geosnap_engine::chunker::parse_size(v)
+                .filter(|n| *n == 0 || (1 << 20..=1 << 40).contains(n))
+                .ok_or_else(|| format!("checkpoint_every {v:?} is not 0 or a size from 1M to 1T")),
+        }
     }
 
     /// The chunker for new snapshots.

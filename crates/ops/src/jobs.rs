@@ -3,17 +3,18 @@
 //! twice.
 
 use std::path::PathBuf;
-use std::sync::mpsc;
+use std::sync::{Arc, mpsc};
 use std::thread;
 use std::time::Duration;
 
 use geosnap_catalog::{
     Catalog, Completion, Job, JobKind, JobState, ReplicaState, SnapshotState, SnapshotStatsRow,
 };
+use geosnap_engine::SnapshotId;
 use geosnap_engine::manifest::{ManifestHeader, ManifestView};
 use geosnap_engine::snapshot::SnapshotOptions;
 use geosnap_replication::reader::fetch_manifest;
-use geosnap_replication::writer::{ReplicaOutcome, WriteRequest, write_snapshot};
+use geosnap_replication::writer::{ReplicaOutcome, Resume, WriteRequest, write_snapshot};
 use serde::Serialize;
 
 use crate::{Error, Geosnap, Result, Ui};
@@ -286,11 +287,18 @@ impl Geosnap {
                     completed_at: 0,
                     ..snap_meta(snap)
                 };
+                let resume = self.resume(
+                    &id,
+                    &snap.instance,
+                    source.as_deref(),
+                    &options.chunker.to_string(),
+                )?;
                 let req = WriteRequest {
                     image: image.clone(),
                     meta,
                     options,
                     reuse,
+                    resume,
                 };
                 let progress = ui.progress(&format!("snapshot {}/{}", snap.instance, snap.name));
                 let clock = self.clock.clone();
@@ -303,7 +311,7 @@ impl Geosnap {
                     out.header,
                     out.replicas,
                     out.stats.stored_bytes,
-                    Some((source, reused)),
+                    Some((source, reused, out.resumed_at)),
                 )
             }
         };
@@ -311,14 +319,105 @@ impl Geosnap {
         self.commit_snapshot(&header, &replicas, stored)?;
         // Only an optimisation and a note from here: the snapshot is committed whatever
         // becomes of them.
-        if let Some((source, reused)) = source
-            && let Err(e) =
+        if let Some((source, reused, resumed_at)) = source {
+            if let Err(e) =
                 self.catalog
                     .set_snapshot_source(&id, source.as_deref(), reused.as_ref())
-        {
-            tracing::warn!(snapshot = %id, error = %e, "could not record the snapshot's source");
+            {
+                tracing::warn!(snapshot = %id, error = %e, "could not record the snapshot's source");
+            }
+            if resumed_at > 0
+                && let Err(e) = self.catalog.set_snapshot_resumed(&id, resumed_at)
+            {
+                tracing::warn!(snapshot = %id, error = %e, "could not record where the snapshot resumed");
+            }
+        }
+        if let Err(e) = self.catalog.clear_checkpoints(&id) {
+            tracing::warn!(snapshot = %id, error = %e, "could not clear the snapshot's checkpoints");
         }
         Ok(())
+    }
+
+    /// What an attempt at snapshot `id` resumes from and where its checkpoints go: the
+    /// extents earlier attempts recorded while scanning the same, unchanged image file
+    /// (`source`) with the same `chunker` — this snapshot's, or else those of the newest
+    /// failed snapshot of `instance` — copied into a temporary file, and a second catalog
+    /// connection that records this attempt's checkpoints. Without a trustworthy stamp, or
+    /// with checkpoints turned off, there is nothing to resume from or record, and
+    /// checkpoints of another stamp are forgotten.
+    fn resume(
+        &self,
+        id: &SnapshotId,
+        instance: &str,
+        source: Option<&str>,
+        chunker: &str,
+    ) -> Result<Resume> {
+        let every = self
+            .config
+            .checkpoint_bytes()
+            .map_err(|reason| Error::Config {
+                path: self.dir.join(crate::config::CONFIG_FILE),
+                reason,
+            })?;
+        let Some(source) = source.filter(|_| every > 0) else {
+            self.catalog.clear_checkpoints(id)?;
+            return Ok(Resume::default());
+        };
+        let mut resume = Resume {
+            every,
+            ..Resume::default()
+        };
+        if self
+            .catalog
+            .adopt_checkpoints(id, instance, source, chunker)?
+        {
+            tracing::info!(snapshot = %id, "taking over a failed snapshot's checkpoints");
+        }
+        // The extents recorded so far, in a file: a large image's would not fit in memory.
+        let spill = |e| {
+            Error::io(
+                "cannot write the interrupted attempt's extents to a temporary file",
+                e,
+            )
+        };
+        let file = tempfile::tempfile().map_err(spill)?;
+        let mut out = std::io::BufWriter::with_capacity(1 << 20, &file);
+        let mut failed = None;
+        let end =
+            self.catalog
+                .visit_checkpoints(id, source, chunker, |end, extents| {
+                    match std::io::Write::write_all(&mut out, extents) {
+                        Ok(()) => {
+                            resume.boundaries.push(end);
+                            true
+                        }
+                        Err(e) => {
+                            failed = Some(e);
+                            false
+                        }
+                    }
+                })?;
+        std::io::Write::flush(&mut out).map_err(spill)?;
+        drop(out);
+        if let Some(e) = failed {
+            return Err(spill(e));
+        }
+        if end == 0 {
+            self.catalog.clear_checkpoints(id)?;
+        } else {
+            resume.extents = Some(Arc::new(file));
+        }
+        let catalog = Catalog::open_existing(self.catalog.path())?;
+        let (id, source, chunker) = (*id, source.to_string(), chunker.to_string());
+        let record = move |c: &geosnap_engine::snapshot::Checkpoint<'_>| {
+            let added = catalog.add_checkpoint(&id, &source, &chunker, c.start, c.end, c.extents);
+            if let Err(e) = added {
+                tracing::warn!(snapshot = %id, error = %e, "could not record a checkpoint");
+            }
+            geosnap_engine::failpoint::hit("snapshot-checkpointed");
+        };
+        resume.journal = Some(Arc::new(std::sync::Mutex::new(record)));
+        Ok(resume)
     }
 
     /// The manifest of the newest snapshot of `instance` taken from the same, unchanged

@@ -77,6 +77,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 meta,
                 options: SnapshotOptions::default(),
                 reuse: None,
+                resume: Default::default(),
             },
             Arc::new(NoProgress),
             &|| 0,

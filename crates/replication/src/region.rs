@@ -194,6 +194,10 @@ pub struct Tuning {
     /// Bytes per second below which a restore's preferred region shares its work with the
     /// other regions that hold the snapshot (striping); 0 turns striping off.
     pub stripe_below: u64,
+    /// Pack bytes a snapshot uploads to a store between two index objects (also after
+    /// [`crate::index`]'s entry limit): what an interrupted attempt leaves unindexed, which
+    /// the next attempt uploads again and cannot resume past.
+    pub index_every: u64,
 }
 
 /// Default [`Tuning::stripe_below`]: 128 MiB/s, below what a local disk reads and above a
@@ -210,6 +214,7 @@ impl Default for Tuning {
             manifest_memory: 1 << 20,
             index_memory: crate::sorted::RUN_MEMORY,
             stripe_below: STRIPE_BELOW,
+            index_every: 256 << 20,
         }
     }
 }

@@ -21,8 +21,12 @@ use crate::pack::{self, PackBuilder};
 use geosnap_engine::codec::EncodedFrame;
 use geosnap_engine::image::Image;
 use geosnap_engine::manifest::{EncodedManifest, ManifestView};
+use geosnap_engine::manifest::{Extent, decode_extents};
 use geosnap_engine::manifest::{ManifestHeader, SnapshotMeta};
-use geosnap_engine::snapshot::{SnapshotOptions, SnapshotStats, reuse_manifest, snapshot_image};
+use geosnap_engine::snapshot::{
+    Checkpoint, Journal, ResumeFrom, SnapshotOptions, SnapshotStats, reuse_manifest,
+    snapshot_image_with,
+};
 use geosnap_engine::store::ChunkSink;
 use geosnap_engine::{ChunkId, Progress, SnapshotId};
 use serde::Serialize;
@@ -47,7 +51,50 @@ pub struct WriteRequest {
     /// identity and times say has not changed since: reused without a scan if every store
     /// holds its chunks and sampled chunks still match (`snapshot::reuse_manifest`).
     pub reuse: Option<EncodedManifest>,
+    /// An interrupted attempt's checkpoints to resume from, and where this attempt's go.
+    pub resume: Resume,
 }
+
+/// Records a checkpoint; called on the scan's reader thread.
+pub type CheckpointFn = dyn FnMut(&Checkpoint<'_>) + Send;
+
+/// Picking up the scan of an interrupted attempt at the same snapshot, and leaving
+/// checkpoints for the next one.
+#[derive(Clone, Default)]
+pub struct Resume {
+    /// The extents earlier attempts recorded, from image offset 0, as
+    /// `manifest::encode_extents` writes them, in a file. The scan resumes after the longest
+    /// run of them that fits the image and the chunker, whose chunks every store still
+    /// writing holds (their packs may not have been indexed, or gc may have taken them
+    /// since), and whose last [`RESUME_SAMPLES`] chunks still read as recorded; from the
+    /// start if that run is empty. The caller vouches that the image file has not changed.
+    pub extents: Option<Arc<std::fs::File>>,
+    /// Image offsets where the earlier attempts' checkpoints end, ascending: a resumed scan
+    /// starts at one of them, so this attempt's checkpoints continue that chain.
+    pub boundaries: Vec<u64>,
+    /// Receives this attempt's checkpoints, every `every` bytes of image finished.
+    pub journal: Option<Arc<Mutex<CheckpointFn>>>,
+    /// Image bytes between checkpoints (with `journal`).
+    pub every: u64,
+}
+
+impl std::fmt::Debug for Resume {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Resume")
+            .field("extents", &self.extents.is_some())
+            .field("boundaries", &self.boundaries.len())
+            .field("journal", &self.journal.is_some())
+            .field("every", &self.every)
+            .finish()
+    }
+}
+
+/// Chunks at the end of a resumed run of extents that are read and hashed again before
+/// the scan trusts them.
+pub const RESUME_SAMPLES: usize = 8;
+
+/// Extents whose chunks are looked up in the stores' indexes at once when resuming.
+const RESUME_BATCH: usize = 1 << 16;
 
 /// How one store fared.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -75,6 +122,9 @@ pub struct WriteOutcome {
     pub uploaded_bytes: u64,
     /// The snapshot whose manifest was reused, when the image was not scanned.
     pub reused: Option<SnapshotId>,
+    /// Image offset where the scan resumed after an interrupted attempt's extents (0: it
+    /// scanned from the start).
+    pub resumed_at: u64,
 }
 
 /// Writes a snapshot of `req.image` to the stores its backing calls for.
@@ -191,6 +241,7 @@ pub async fn write_snapshot(
     let scan = {
         let (sink, image, options) = (sink.clone(), req.image.clone(), req.options);
         let reuse = req.reuse.clone();
+        let resume = req.resume.clone();
         tokio::task::spawn_blocking(move || {
             let image = Image::open(&image)?;
             if let Some(previous) = reuse {
@@ -198,7 +249,7 @@ pub async fn write_snapshot(
                 let held = |ids: &[ChunkId]| sink.all_held(ids);
                 let seed = u64::from_le_bytes(id.0[8..].try_into().unwrap_or_default());
                 match reuse_manifest(&previous, &image, options.chunker, seed, held, &*progress) {
-                    Ok(Some(scanned)) => return Ok((scanned, Some(previous.header().meta.id))),
+                    Ok(Some(scanned)) => return Ok((scanned, Some(previous.header().meta.id), 0)),
                     Ok(None) => tracing::info!("image differs from its last snapshot; scanning"),
                     Err(e) => {
                         tracing::info!(error = %e, "cannot reuse the last snapshot; scanning")
@@ -209,7 +260,32 @@ pub async fn write_snapshot(
             if let Ok(mut claimed) = sink.claimed.lock() {
                 *claimed = geosnap_engine::RecentIds::for_chunks(chunks);
             }
-            Ok((snapshot_image(&image, &options, &*sink, &*progress)?, None))
+            let point = resume
+                .extents
+                .as_deref()
+                .and_then(|f| resume_point(f, &resume.boundaries, &image, &options, &sink));
+            let mut kept = match (point, resume.extents.as_deref()) {
+                (Some((count, _)), Some(f)) => Some(extents_of(f)?.take(count as usize)),
+                _ => None,
+            };
+            let from = kept.as_mut().map(|extents| ResumeFrom { extents });
+            let resumed_at = point.map_or(0, |(_, end)| end);
+            if resume.extents.is_some() {
+                tracing::info!(resumed_at, "resuming an interrupted snapshot");
+            }
+            let mut record = |c: &Checkpoint<'_>| {
+                if let Some(j) = &resume.journal
+                    && let Ok(mut f) = j.lock()
+                {
+                    f(c);
+                }
+            };
+            let journal = resume.journal.is_some().then_some(Journal {
+                every: resume.every,
+                record: &mut record,
+            });
+            let scanned = snapshot_image_with(&image, &options, &*sink, &*progress, from, journal)?;
+            Ok((scanned, None, resumed_at))
         })
         .await
     };
@@ -225,7 +301,7 @@ pub async fn write_snapshot(
             "the snapshot claimed more chunks than its claim table holds; a chunk it forgot that repeats later in the image was stored again"
         );
     }
-    let (scanned, reused) = match scan {
+    let (scanned, reused, resumed_at) = match scan {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             abort(&uploaders);
@@ -353,7 +429,122 @@ pub async fn write_snapshot(
             .map(|t| t.uploaded_bytes.load(Ordering::Relaxed))
             .sum(),
         reused,
+        resumed_at,
     })
+}
+
+/// The extents in `file` (see [`Resume::extents`]), from its start.
+fn extents_of(
+    file: &std::fs::File,
+) -> std::result::Result<
+    impl Iterator<Item = std::result::Result<Extent, geosnap_engine::Error>> + use<>,
+    geosnap_engine::Error,
+> {
+    use std::io::{Seek, SeekFrom};
+    let spill = |source| geosnap_engine::Error::Spill {
+        action: "read",
+        what: "the interrupted attempt's extents",
+        source,
+    };
+    let mut f = file.try_clone().map_err(spill)?;
+    f.seek(SeekFrom::Start(0)).map_err(spill)?;
+    Ok(decode_extents(
+        std::io::BufReader::with_capacity(1 << 20, f),
+        0,
+    ))
+}
+
+/// How many of the extents in `file` a resumed scan keeps, and the image offset where they
+/// end: the longest run from the start that ends at one of `boundaries`, decodes, fits the
+/// image and the chunker, and names only chunks every store still writing holds, if its
+/// last [`RESUME_SAMPLES`] chunks still hash to their ids. `None` when that run is empty or anything fails: the scan
+/// starts from 0.
+fn resume_point(
+    file: &std::fs::File,
+    boundaries: &[u64],
+    image: &Image,
+    options: &SnapshotOptions,
+    sink: &Sink,
+) -> Option<(u64, u64)> {
+    let max = options.chunker.max_chunk() as u64;
+    let mut extents = extents_of(file).ok()?;
+    let mut count = 0u64;
+    // The last boundary reached, with the extents up to it and the last chunks before it.
+    let mut kept = (0u64, 0u64);
+    let mut kept_last = Vec::new();
+    let mut boundaries = boundaries.iter().copied().peekable();
+    let mut last: std::collections::VecDeque<(u64, u32, ChunkId)> = Default::default();
+    let mut batch: Vec<Extent> = Vec::with_capacity(RESUME_BATCH);
+    'runs: loop {
+        batch.clear();
+        let mut more = true;
+        while batch.len() < RESUME_BATCH {
+            match extents.next() {
+                Some(Ok(e))
+                    if !e.is_empty()
+                        && e.offset() + e.len() <= image.size()
+                        && !matches!(e, Extent::Chunk { len, .. } if u64::from(len) > max) =>
+                {
+                    batch.push(e)
+                }
+                _ => {
+                    more = false;
+                    break;
+                }
+            }
+        }
+        let mut ids: Vec<ChunkId> = batch
+            .iter()
+            .filter_map(|e| match e {
+                Extent::Chunk { id, .. } => Some(*id),
+                Extent::Zero { .. } => None,
+            })
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let held = sink.held_by_all(&ids);
+        for e in &batch {
+            if let Extent::Chunk { offset, len, id } = *e {
+                if !ids.binary_search(&id).is_ok_and(|i| held[i]) {
+                    break 'runs;
+                }
+                if last.len() == RESUME_SAMPLES {
+                    last.pop_front();
+                }
+                last.push_back((offset, len, id));
+            }
+            count += 1;
+            let end = e.offset() + e.len();
+            while boundaries.next_if(|b| *b < end).is_some() {}
+            if boundaries.next_if_eq(&end).is_some() {
+                kept = (count, end);
+                kept_last = last.iter().copied().collect();
+            }
+        }
+        if !more {
+            break;
+        }
+    }
+    let (count, end) = kept;
+    if count == 0 {
+        return None;
+    }
+    // The file's stamp says the image has not changed; its last chunks confirm it.
+    let last = kept_last;
+    let mut data = Vec::new();
+    for &(offset, len, _) in &last {
+        let mut buf = vec![0u8; len as usize];
+        image.read_at(offset, &mut buf).ok()?;
+        data.push(buf);
+    }
+    let ids = ChunkId::of_each(data.iter().map(|d| &d[..]));
+    if ids.iter().zip(&last).any(|(got, want)| *got != want.2) {
+        tracing::info!(
+            "the image no longer holds what the interrupted attempt read; scanning from the start"
+        );
+        return None;
+    }
+    Some((count, end))
 }
 
 /// "it-1 41 MiB, de-1 38 MiB, nl-1 down": what each store has received.
@@ -524,6 +715,8 @@ async fn upload(
     let mut builder = PackBuilder::new();
     let mut permits = Vec::new();
     let mut entries = Vec::new();
+    // Pack bytes uploaded since the last index object.
+    let mut unindexed = 0u64;
     // Uploads run as tasks of their own: they progress while this loop waits for frames.
     let mut inflight = tokio::task::JoinSet::new();
     let send = |builder: PackBuilder, permits: Vec<OwnedSemaphorePermit>| {
@@ -538,7 +731,7 @@ async fn upload(
                     if t.uploaded_bytes.fetch_add(n, Ordering::Relaxed) + n > 1 << 20 {
                         geosnap_engine::failpoint::hit("snapshot-some-chunks");
                     }
-                    Some(e)
+                    Some((e, n))
                 }
                 Err(e) => {
                     t.fail(e.to_string());
@@ -559,16 +752,20 @@ async fn upload(
             let full = std::mem::take(&mut builder);
             inflight.spawn(send(full, std::mem::take(&mut permits)));
             while inflight.len() >= tuning.upload_concurrency.max(1) {
-                if let Some(Ok(Some(e))) = inflight.join_next().await {
+                if let Some(Ok(Some((e, n)))) = inflight.join_next().await {
                     entries.extend(e);
+                    unindexed += n;
                 }
             }
-            // Index what is durable as it goes, so memory does not grow with the image.
-            if entries.len() >= INDEX_FLUSH {
+            // Index what is durable as it goes, so memory does not grow with the image and
+            // an attempt that is interrupted leaves what it uploaded findable.
+            if entries.len() >= INDEX_FLUSH || unindexed >= tuning.index_every.max(1) {
                 if let Err(e) = index::write(&t.bucket, &entries).await {
                     t.fail(e.to_string());
                 }
                 entries.clear();
+                unindexed = 0;
+                geosnap_engine::failpoint::hit("snapshot-indexed-some");
             }
         }
     }
@@ -577,7 +774,7 @@ async fn upload(
     }
     while let Some(done) = inflight.join_next().await {
         match done {
-            Ok(Some(e)) => entries.extend(e),
+            Ok(Some((e, _))) => entries.extend(e),
             Ok(None) => {}
             Err(e) => t.fail(format!("pack upload task failed: {e}")),
         }
@@ -665,6 +862,19 @@ impl Sink {
             .enumerate()
             .filter(|(_, t)| t.active())
             .fold(0, |m, (i, _)| m | target_bit(i))
+    }
+
+    /// For each of `ids` (sorted), whether every target still writing held it before the
+    /// snapshot.
+    fn held_by_all(&self, ids: &[ChunkId]) -> Vec<bool> {
+        let active = self.active_bits();
+        match self.held.lookup(ids) {
+            Ok(found) => found
+                .iter()
+                .map(|h| h.is_some_and(|h| h.stores & active == active))
+                .collect(),
+            Err(_) => vec![false; ids.len()],
+        }
     }
 
     /// Whether every target still writing held every one of `ids` (sorted) before the

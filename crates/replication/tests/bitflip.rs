@@ -65,6 +65,7 @@ async fn a_thousand_bit_flips_are_all_caught_and_none_reaches_a_restored_byte() 
             ..Default::default()
         },
         reuse: None,
+        resume: Default::default(),
     };
     write_snapshot(&regions, req, Arc::new(NoProgress), &|| 0)
         .await

@@ -97,6 +97,7 @@ async fn take_reusing(
             ..Default::default()
         },
         reuse,
+        resume: Default::default(),
     };
     write_snapshot(regions, req, Arc::new(NoProgress), &|| 2000).await
 }
