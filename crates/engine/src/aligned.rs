@@ -90,6 +90,33 @@ impl AlignedBuf {
     }
 }
 
+impl AsRef<[u8]> for AlignedBuf {
+    fn as_ref(&self) -> &[u8] {
+        self.as_slice()
+    }
+}
+
+// SAFETY: `as_slice` covers only the `len` initialised bytes, `capacity` and `as_mut_ptr`
+// describe the allocation, and `filled_until` records a length the decompressor reports to
+// have written from the start of it, which is never more than `capacity`.
+unsafe impl zstd::zstd_safe::WriteBuf for AlignedBuf {
+    fn as_slice(&self) -> &[u8] {
+        AlignedBuf::as_slice(self)
+    }
+
+    fn capacity(&self) -> usize {
+        self.cap
+    }
+
+    fn as_mut_ptr(&mut self) -> *mut u8 {
+        self.ptr.as_ptr()
+    }
+
+    unsafe fn filled_until(&mut self, n: usize) {
+        self.len = n.min(self.cap);
+    }
+}
+
 impl Drop for AlignedBuf {
     fn drop(&mut self) {
         if let Ok(layout) = Layout::from_size_align(self.cap, ALIGN) {
@@ -113,6 +140,66 @@ pub fn open_direct(path: &std::path::Path) -> Option<File> {
 /// Whether a write of `len` bytes at `offset` may go through a direct descriptor.
 pub fn aligned(offset: u64, len: usize) -> bool {
     offset.is_multiple_of(ALIGN as u64) && len.is_multiple_of(ALIGN)
+}
+
+/// Whether `data` may be handed to a direct write as it is: its address and its length
+/// are [`ALIGN`]ed.
+pub fn is_aligned(data: &[u8]) -> bool {
+    (data.as_ptr() as usize).is_multiple_of(ALIGN) && data.len().is_multiple_of(ALIGN)
+}
+
+/// Writes `parts` one after another at `offset` with `pwritev`, up to 1,024 of them per
+/// call: on a direct descriptor, chunks already in aligned buffers go to the disk without
+/// first being copied into one (each part must then be [`is_aligned`]).
+pub fn write_all_vectored_at(file: &File, parts: &[&[u8]], mut offset: u64) -> io::Result<()> {
+    let mut iov: Vec<libc::iovec> = parts
+        .iter()
+        .filter(|p| !p.is_empty())
+        .map(|p| libc::iovec {
+            iov_base: p.as_ptr() as *mut libc::c_void,
+            iov_len: p.len(),
+        })
+        .collect();
+    let mut first = 0;
+    while first < iov.len() {
+        let last = (first + 1024).min(iov.len());
+        let at = libc::off_t::try_from(offset).map_err(io::Error::other)?;
+        // SAFETY: each iovec points into a slice of `parts`, alive for this call, for at most
+        // its length; pwritev only reads through them.
+        let n = unsafe {
+            libc::pwritev(
+                file.as_raw_fd(),
+                iov[first..last].as_ptr(),
+                (last - first) as libc::c_int,
+                at,
+            )
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        let mut n = n as usize;
+        offset += n as u64;
+        // Past what was written: whole parts, then into the part it stopped in.
+        while n > 0 && first < iov.len() {
+            if n >= iov[first].iov_len {
+                n -= iov[first].iov_len;
+                first += 1;
+            } else {
+                // SAFETY: n is less than this part's length: still inside its slice.
+                iov[first].iov_base = unsafe { iov[first].iov_base.cast::<u8>().add(n) }.cast();
+                iov[first].iov_len -= n;
+                n = 0;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Turns direct I/O off on `file`, for a last unaligned write.
@@ -172,5 +259,54 @@ mod tests {
         assert!(back[ALIGN..2 * ALIGN].iter().all(|&x| x == 7));
         assert!(back[2 * ALIGN..].iter().all(|&x| x == 0));
         assert!(aligned(ALIGN as u64, 2 * ALIGN) && !aligned(1, ALIGN) && !aligned(0, 100));
+    }
+
+    #[test]
+    fn chunks_of_a_decoded_frame_go_to_a_direct_write_as_they_are() {
+        use crate::ChunkId;
+        use crate::codec::{Decoder, Encoder};
+        // Four 16 KiB chunks and one of 5000 bytes, in one frame.
+        let parts: Vec<Vec<u8>> = (0..5u8)
+            .map(|i| {
+                let n = if i == 4 { 5000 } else { 16 << 10 };
+                (0..n).map(|j| (j as u8).wrapping_mul(i + 1)).collect()
+            })
+            .collect();
+        let chunks: Vec<(ChunkId, &[u8])> = parts
+            .iter()
+            .map(|p| (ChunkId::of(p), p.as_slice()))
+            .collect();
+        let frame = Encoder::new(1).unwrap().encode(&chunks).unwrap();
+        let decoded = Decoder::new()
+            .unwrap()
+            .decode_verified(&frame.bytes)
+            .unwrap();
+        let got: Vec<bytes::Bytes> = decoded.chunks().map(|(_, b)| b).collect();
+        // The 16 KiB ones sit aligned in the decoded buffer; the last is too short.
+        assert!(got[..4].iter().all(|c| is_aligned(c)));
+        assert!(!is_aligned(&got[4]));
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::File::create(&path)
+            .unwrap()
+            .set_len(80 << 10)
+            .unwrap();
+        let file = open_direct(&path)
+            .unwrap_or_else(|| std::fs::OpenOptions::new().write(true).open(&path).unwrap());
+        let four: Vec<&[u8]> = got[..4].iter().map(|c| &c[..]).collect();
+        write_all_vectored_at(&file, &four, 8 << 10).unwrap();
+        let back = std::fs::read(&path).unwrap();
+        assert!(back[..8 << 10].iter().all(|&x| x == 0));
+        assert_eq!(back[8 << 10..72 << 10], parts[..4].concat()[..]);
+        assert!(back[72 << 10..].iter().all(|&x| x == 0));
+
+        // More parts than one call takes, through the page cache.
+        let buffered = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        let bytes: Vec<[u8; 3]> = (0..3000u32).map(|i| [i as u8, (i >> 8) as u8, 1]).collect();
+        let many: Vec<&[u8]> = bytes.iter().map(|b| &b[..]).collect();
+        write_all_vectored_at(&buffered, &many, 0).unwrap();
+        let back = std::fs::read(&path).unwrap();
+        assert_eq!(back[..9000], bytes.concat()[..]);
     }
 }

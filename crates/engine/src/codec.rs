@@ -19,8 +19,14 @@
 
 use bytes::Bytes;
 
+use crate::aligned::AlignedBuf;
 use crate::chunker::CHUNK_MAX;
 use crate::{ChunkId, Error};
+
+/// A decoded frame's buffer could not be had.
+fn memory(e: std::io::Error) -> Error {
+    Error::Codec(format!("no memory for a decoded frame ({e})"))
+}
 
 /// Frozen magic of a frame.
 pub const FRAME_MAGIC: [u8; 4] = *b"GSFR";
@@ -280,7 +286,8 @@ impl Decoder {
     }
 
     /// Decodes a frame: checks its header and table, decompresses the payload into exactly
-    /// the stated length. Chunk hashes are checked by whoever uses them.
+    /// the stated length, in a page-aligned buffer (a restore hands chunks of aligned sizes
+    /// to direct writes from it as they are). Chunk hashes are checked by whoever uses them.
     pub fn decode(&mut self, frame: &[u8]) -> Result<DecodedFrame, Error> {
         let table = parse_table(frame)?;
         let raw: usize = table.chunks.iter().map(|c| c.1 as usize).sum();
@@ -293,10 +300,12 @@ impl Decoder {
                         payload.len()
                     )));
                 }
-                Bytes::copy_from_slice(payload)
+                let mut out = AlignedBuf::with_capacity(raw).map_err(memory)?;
+                out.extend_from_slice(payload).map_err(memory)?;
+                Bytes::from_owner(out)
             }
             Codec::Zstd => {
-                let mut out = Vec::with_capacity(raw);
+                let mut out = AlignedBuf::with_capacity(raw).map_err(memory)?;
                 let n = self
                     .ctx
                     .decompress_to_buffer(payload, &mut out)
@@ -308,7 +317,7 @@ impl Decoder {
                         "payload decodes to {n} bytes, the table says {raw}"
                     )));
                 }
-                Bytes::from(out)
+                Bytes::from_owner(out)
             }
         };
         Ok(DecodedFrame { table, data })

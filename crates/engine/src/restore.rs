@@ -498,16 +498,32 @@ impl Restore<'_> {
             let len = (end - start) as usize;
             match (self.direct, staging.as_mut()) {
                 (Some(direct), Some(buf)) if len >= DIRECT_RUN && aligned::aligned(start, len) => {
-                    buf.clear();
-                    for (_, d) in &pieces[i..j] {
-                        buf.extend_from_slice(d).map_err(write_err)?;
-                    }
-                    match direct.write_all_at(buf.as_slice(), start) {
-                        Ok(()) => self.progress.advance(len as u64),
+                    // Chunks of aligned sizes sit aligned in their decoded frames' buffers
+                    // and go to the disk from there; others are first copied into one.
+                    let parts: Vec<&[u8]> = pieces[i..j].iter().map(|(_, d)| &d[..]).collect();
+                    let in_place = parts.iter().all(|p| aligned::is_aligned(p));
+                    let written = if in_place {
+                        aligned::write_all_vectored_at(direct, &parts, start)
+                    } else {
+                        buf.clear();
+                        for p in &parts {
+                            buf.extend_from_slice(p).map_err(write_err)?;
+                        }
+                        direct.write_all_at(buf.as_slice(), start)
+                    };
+                    match written {
+                        Ok(()) => {
+                            self.progress.advance(len as u64);
+                            self.wrote(len as u64);
+                        }
                         // A filesystem that opens with O_DIRECT but wants larger alignment:
                         // this run goes through the page cache instead.
                         Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-                            self.write_run(buf.as_slice(), start)?;
+                            let mut at = start;
+                            for p in &parts {
+                                self.write_run(p, at)?;
+                                at += p.len() as u64;
+                            }
                         }
                         Err(e) => return Err(write_err(e)),
                     }
@@ -537,11 +553,17 @@ impl Restore<'_> {
             })?;
         let n = data.len() as u64;
         self.progress.advance(n);
+        self.wrote(n);
+        Ok(())
+    }
+
+    /// Counts `n` bytes written; what sits in the page cache is sent to the disk every
+    /// [`WRITEBACK_STEP`].
+    fn wrote(&self, n: u64) {
         let before = self.written.fetch_add(n, Ordering::Relaxed);
         if before / WRITEBACK_STEP != (before + n) / WRITEBACK_STEP {
             start_writeback(self.file);
         }
-        Ok(())
     }
 }
 
