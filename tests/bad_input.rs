@@ -270,3 +270,35 @@ fn a_missing_temporary_directory_is_not_reported_as_a_damaged_manifest() {
     env.ok(&["restore", "vm/s", "--to", out_img.to_str().unwrap()]);
     assert!(crate::util::same(&out_img, std::path::Path::new(&img)));
 }
+
+#[test]
+fn bad_tuning_in_the_config_is_one_sentence_naming_the_setting() {
+    let env = Env::new();
+    let cfg = env.data.join("config.toml");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    for (setting, value) in [
+        ("checkpoint_every", "\"-5\""),
+        ("checkpoint_every", "\"100K\""),
+        ("checkpoint_every", "\"soon\""),
+        ("stripe_below", "\"fast\""),
+        ("pack_size", "\"2G\""),
+    ] {
+        let bad = text.replace(
+            "stale_after_secs = 30",
+            &format!("stale_after_secs = 30\n{setting} = {value}"),
+        );
+        std::fs::write(&cfg, bad).unwrap();
+        let e = env.error(&["snapshot", "list"]);
+        assert!(e.contains(setting), "{setting} = {value}: {e}");
+    }
+    // And with a good value the same command runs.
+    std::fs::write(
+        &cfg,
+        text.replace(
+            "stale_after_secs = 30",
+            "stale_after_secs = 30\ncheckpoint_every = \"0\"",
+        ),
+    )
+    .unwrap();
+    env.ok(&["snapshot", "list"]);
+}
