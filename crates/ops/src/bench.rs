@@ -5,8 +5,9 @@
 //! 256 MiB spread over the image, so memory stays bounded); the ceiling is the rate at which
 //! all cores could read and zero-check the image's allocated bytes, hash and compress its
 //! data and copy the compressed frames into one pack per region, if nothing else cost
-//! anything. The pipelines
-//! write into three in-memory regions, so no disk or network limits them.
+//! anything, counting the cores as what they hash and compress together (measured: two
+//! hardware threads of one core are not two cores). The pipelines write into three
+//! in-memory regions, so no disk or network limits them.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
