@@ -19,7 +19,7 @@
 
 use bytes::Bytes;
 
-use crate::aligned::AlignedBuf;
+use crate::aligned;
 use crate::chunker::CHUNK_MAX;
 use crate::{ChunkId, Error};
 
@@ -300,15 +300,15 @@ impl Decoder {
                         payload.len()
                     )));
                 }
-                let mut out = AlignedBuf::with_capacity(raw).map_err(memory)?;
-                out.extend_from_slice(payload).map_err(memory)?;
+                let mut out = aligned::pooled(raw).map_err(memory)?;
+                out.buf().extend_from_slice(payload).map_err(memory)?;
                 Bytes::from_owner(out)
             }
             Codec::Zstd => {
-                let mut out = AlignedBuf::with_capacity(raw).map_err(memory)?;
+                let mut out = aligned::pooled(raw).map_err(memory)?;
                 let n = self
                     .ctx
-                    .decompress_to_buffer(payload, &mut out)
+                    .decompress_to_buffer(payload, out.buf())
                     .map_err(|e| {
                         Error::FrameCorrupt(format!("zstd payload does not decode ({e})"))
                     })?;
