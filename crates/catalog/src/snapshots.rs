@@ -195,14 +195,15 @@ fn not_found(id: &SnapshotId) -> Error {
     Error::SnapshotNotFound { key: id.to_hex() }
 }
 
-/// Frees the (instance, name) slot held by another snapshot if that one failed; refuses
-/// with [`Error::SnapshotExists`] if it did not.
+/// Frees the (instance, name) slot held by another snapshot if that one failed, by moving
+/// it aside (it is deleted by [`replace_failed`] once the new one is in); refuses with
+/// [`Error::SnapshotExists`] if it did not.
 fn free_name(
     tx: &Transaction<'_>,
     instance: &str,
     name: &str,
     id: &SnapshotId,
-) -> Result<(), Error> {
+) -> Result<Option<String>, Error> {
     let holder: Option<(String, SnapshotState)> = tx
         .query_row(
             "SELECT id, state FROM snapshots WHERE instance = ?1 AND name = ?2 AND id != ?3",
@@ -212,17 +213,35 @@ fn free_name(
         .optional()
         .during("checking a snapshot name")?;
     match holder {
-        None => Ok(()),
+        None => Ok(None),
         Some((other, SnapshotState::Failed)) => {
-            tx.execute("DELETE FROM snapshots WHERE id = ?1", [other])
-                .during("removing a failed snapshot")?;
-            Ok(())
+            // No snapshot name holds a '/', so this one cannot clash.
+            tx.execute(
+                "UPDATE snapshots SET name = '/replaced/' || id WHERE id = ?1",
+                [&other],
+            )
+            .during("removing a failed snapshot")?;
+            Ok(Some(other))
         }
         Some(_) => Err(Error::SnapshotExists {
             instance: instance.into(),
             name: name.into(),
         }),
     }
+}
+
+/// Deletes the failed snapshot `old` that `new` replaces under its name, after handing its
+/// checkpoints to `new`: a snapshot taken again under the name of a failed one resumes
+/// where that one got to (when the image has not changed).
+fn replace_failed(tx: &Transaction<'_>, old: &str, new: &SnapshotId) -> Result<(), Error> {
+    tx.execute(
+        "UPDATE checkpoints SET snapshot_id = ?1 WHERE snapshot_id = ?2",
+        params![new.to_hex(), old],
+    )
+    .during("removing a failed snapshot")?;
+    tx.execute("DELETE FROM snapshots WHERE id = ?1", [old])
+        .during("removing a failed snapshot")?;
+    Ok(())
 }
 
 impl Catalog {
@@ -502,7 +521,7 @@ impl Catalog {
                 ],
             )
             .during("recording an instance from a manifest")?;
-            free_name(tx, &meta.instance, &meta.name, &meta.id)?;
+            let replaced = free_name(tx, &meta.instance, &meta.name, &meta.id)?;
             tx.execute(
                 "INSERT INTO snapshots (id, instance, name, backing, home_region, state,
                      retention_days, created_at, completed_at, expires_at,
@@ -534,6 +553,10 @@ impl Catalog {
                 ],
             )
             .during("recording a snapshot from a manifest")?;
+            if let Some(old) = replaced {
+                tx.execute("DELETE FROM snapshots WHERE id = ?1", [old])
+                    .during("removing a failed snapshot")?;
+            }
             Ok(())
         })
     }
@@ -557,7 +580,7 @@ fn insert_snapshot(tx: &rusqlite::Transaction<'_>, new: &NewSnapshot) -> Result<
             id: new.id.to_hex(),
         });
     }
-    free_name(tx, &new.instance, &new.name, &new.id)?;
+    let replaced = free_name(tx, &new.instance, &new.name, &new.id)?;
     tx.execute(
         "INSERT INTO snapshots
                  (id, instance, name, backing, home_region, state, retention_days, created_at)
@@ -574,6 +597,9 @@ fn insert_snapshot(tx: &rusqlite::Transaction<'_>, new: &NewSnapshot) -> Result<
         ],
     )
     .during("adding a snapshot")?;
+    if let Some(old) = replaced {
+        replace_failed(tx, &old, &new.id)?;
+    }
     Ok(Snapshot {
         id: new.id,
         instance: new.instance.clone(),

@@ -988,4 +988,16 @@ fn checkpoints_form_one_chain_pass_to_a_retaken_snapshot_and_go_with_it() {
         .unwrap();
     cat.delete_snapshot(&b).unwrap();
     assert_eq!(visit(&b, "stamp").0, 0);
+
+    // A snapshot taken again under a failed one's name takes its place and its rows.
+    let c = add_snap(&cat, "vm", "c");
+    cat.add_checkpoint(&c, "stamp", "fixed:16K", 0, 7, &[3])
+        .unwrap();
+    cat.set_snapshot_state(&c, SnapshotState::Failed, Some("disk full"))
+        .unwrap();
+    let again = add_snap(&cat, "vm", "c");
+    assert!(cat.snapshot(&c).is_err());
+    assert_eq!(cat.snapshot(&again).unwrap().name, "c");
+    let (end, seen) = visit(&again, "stamp");
+    assert_eq!((end, seen), (7, vec![(7, vec![3])]));
 }

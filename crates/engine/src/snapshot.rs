@@ -391,7 +391,9 @@ fn read_image<'j>(
                 }
             }
             pending.resumed(&e)?;
-            start = e.offset() + e.len();
+            start = e.offset().checked_add(e.len()).ok_or_else(|| {
+                Error::ManifestCorrupt("an interrupted attempt's extent ends past 2^64".into())
+            })?;
         }
         if start > size {
             return Err(Error::ManifestCorrupt(format!(

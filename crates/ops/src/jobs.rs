@@ -292,7 +292,7 @@ impl Geosnap {
                     &snap.instance,
                     source.as_deref(),
                     &options.chunker.to_string(),
-                )?;
+                );
                 let req = WriteRequest {
                     image: image.clone(),
                     meta,
@@ -344,29 +344,65 @@ impl Geosnap {
     /// failed snapshot of `instance` — copied into a temporary file, and a second catalog
     /// connection that records this attempt's checkpoints. Without a trustworthy stamp, or
     /// with checkpoints turned off, there is nothing to resume from or record, and
-    /// checkpoints of another stamp are forgotten.
+    /// checkpoints of another stamp are forgotten. Never fails the snapshot: whatever goes
+    /// wrong here only costs the resume (the scan starts from 0) or the checkpoints.
     fn resume(
         &self,
         id: &SnapshotId,
         instance: &str,
         source: Option<&str>,
         chunker: &str,
-    ) -> Result<Resume> {
-        let every = self
-            .config
-            .checkpoint_bytes()
-            .map_err(|reason| Error::Config {
-                path: self.dir.join(crate::config::CONFIG_FILE),
-                reason,
-            })?;
+    ) -> Resume {
+        let every = self.config.checkpoint_bytes().unwrap_or(0);
         let Some(source) = source.filter(|_| every > 0) else {
-            self.catalog.clear_checkpoints(id)?;
-            return Ok(Resume::default());
+            if let Err(e) = self.catalog.clear_checkpoints(id) {
+                tracing::warn!(snapshot = %id, error = %e, "could not clear old checkpoints");
+            }
+            return Resume::default();
         };
         let mut resume = Resume {
             every,
             ..Resume::default()
         };
+        match self.earlier_extents(id, instance, source, chunker) {
+            Ok(Some((file, boundaries))) => {
+                resume.extents = Some(Arc::new(file));
+                resume.boundaries = boundaries;
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(snapshot = %id, error = %e, "cannot resume from the earlier attempt's checkpoints; scanning from the start")
+            }
+        }
+        let catalog = match Catalog::open_existing(self.catalog.path()) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(snapshot = %id, error = %e, "cannot record checkpoints");
+                return resume;
+            }
+        };
+        let (id, source, chunker) = (*id, source.to_string(), chunker.to_string());
+        let record = move |c: &geosnap_engine::snapshot::Checkpoint<'_>| {
+            let added = catalog.add_checkpoint(&id, &source, &chunker, c.start, c.end, c.extents);
+            if let Err(e) = added {
+                tracing::warn!(snapshot = %id, error = %e, "could not record a checkpoint");
+            }
+            geosnap_engine::failpoint::hit("snapshot-checkpointed");
+        };
+        resume.journal = Some(Arc::new(std::sync::Mutex::new(record)));
+        resume
+    }
+
+    /// The chain of checkpoints [`Geosnap::resume`] resumes from, in an anonymous temporary
+    /// file, with the image offsets where its rows end; `None` if there is none (and then
+    /// `id`'s rows of other stamps are forgotten).
+    fn earlier_extents(
+        &self,
+        id: &SnapshotId,
+        instance: &str,
+        source: &str,
+        chunker: &str,
+    ) -> Result<Option<(std::fs::File, Vec<u64>)>> {
         if self
             .catalog
             .adopt_checkpoints(id, instance, source, chunker)?
@@ -376,19 +412,20 @@ impl Geosnap {
         // The extents recorded so far, in a file: a large image's would not fit in memory.
         let spill = |e| {
             Error::io(
-                "cannot write the interrupted attempt's extents to a temporary file",
+                "cannot write the earlier attempt's extents to a temporary file",
                 e,
             )
         };
         let file = tempfile::tempfile().map_err(spill)?;
         let mut out = std::io::BufWriter::with_capacity(1 << 20, &file);
         let mut failed = None;
+        let mut boundaries = Vec::new();
         let end =
             self.catalog
                 .visit_checkpoints(id, source, chunker, |end, extents| {
                     match std::io::Write::write_all(&mut out, extents) {
                         Ok(()) => {
-                            resume.boundaries.push(end);
+                            boundaries.push(end);
                             true
                         }
                         Err(e) => {
@@ -404,20 +441,9 @@ impl Geosnap {
         }
         if end == 0 {
             self.catalog.clear_checkpoints(id)?;
-        } else {
-            resume.extents = Some(Arc::new(file));
+            return Ok(None);
         }
-        let catalog = Catalog::open_existing(self.catalog.path())?;
-        let (id, source, chunker) = (*id, source.to_string(), chunker.to_string());
-        let record = move |c: &geosnap_engine::snapshot::Checkpoint<'_>| {
-            let added = catalog.add_checkpoint(&id, &source, &chunker, c.start, c.end, c.extents);
-            if let Err(e) = added {
-                tracing::warn!(snapshot = %id, error = %e, "could not record a checkpoint");
-            }
-            geosnap_engine::failpoint::hit("snapshot-checkpointed");
-        };
-        resume.journal = Some(Arc::new(std::sync::Mutex::new(record)));
-        Ok(resume)
+        Ok(Some((file, boundaries)))
     }
 
     /// The manifest of the newest snapshot of `instance` taken from the same, unchanged

@@ -265,11 +265,16 @@ pub async fn write_snapshot(
                 .as_deref()
                 .and_then(|f| resume_point(f, &resume.boundaries, &image, &options, &sink));
             let mut kept = match (point, resume.extents.as_deref()) {
-                (Some((count, _)), Some(f)) => Some(extents_of(f)?.take(count as usize)),
+                (Some((count, _)), Some(f)) => extents_of(f)
+                    .ok()
+                    .map(|extents| extents.take(count as usize)),
                 _ => None,
             };
+            let resumed_at = match (&kept, point) {
+                (Some(_), Some((_, end))) => end,
+                _ => 0,
+            };
             let from = kept.as_mut().map(|extents| ResumeFrom { extents });
-            let resumed_at = point.map_or(0, |(_, end)| end);
             if resume.extents.is_some() {
                 tracing::info!(resumed_at, "resuming an interrupted snapshot");
             }
@@ -457,7 +462,9 @@ fn extents_of(
 /// How many of the extents in `file` a resumed scan keeps, and the image offset where they
 /// end: the longest run from the start that ends at one of `boundaries`, decodes, fits the
 /// image and the chunker, and names only chunks every store still writing holds, if its
-/// last [`RESUME_SAMPLES`] chunks still hash to their ids. `None` when that run is empty or anything fails: the scan
+/// last [`RESUME_SAMPLES`] chunks and as many spread over it (the first of every run
+/// between boundaries, thinned) still hash to their ids and the first 64 KiB of its last
+/// four zero runs still read as zeros. `None` when that run is empty or anything fails: the scan
 /// starts from 0.
 fn resume_point(
     file: &std::fs::File,
@@ -474,6 +481,12 @@ fn resume_point(
     let mut kept_last = Vec::new();
     let mut boundaries = boundaries.iter().copied().peekable();
     let mut last: std::collections::VecDeque<(u64, u32, ChunkId)> = Default::default();
+    // The first chunk of every run between boundaries, thinned to at most RESUME_SAMPLES
+    // spread over the image, and the last zero runs.
+    let mut spread: Vec<(u64, u32, ChunkId)> = Vec::new();
+    let mut row_start = true;
+    let mut zeros: std::collections::VecDeque<(u64, u64)> = Default::default();
+    let mut kept_zeros = Vec::new();
     let mut batch: Vec<Extent> = Vec::with_capacity(RESUME_BATCH);
     'runs: loop {
         batch.clear();
@@ -482,7 +495,9 @@ fn resume_point(
             match extents.next() {
                 Some(Ok(e))
                     if !e.is_empty()
-                        && e.offset() + e.len() <= image.size()
+                        && e.offset()
+                            .checked_add(e.len())
+                            .is_some_and(|end| end <= image.size())
                         && !matches!(e, Extent::Chunk { len, .. } if u64::from(len) > max) =>
                 {
                     batch.push(e)
@@ -504,21 +519,40 @@ fn resume_point(
         ids.dedup();
         let held = sink.held_by_all(&ids);
         for e in &batch {
-            if let Extent::Chunk { offset, len, id } = *e {
-                if !ids.binary_search(&id).is_ok_and(|i| held[i]) {
-                    break 'runs;
+            match *e {
+                Extent::Chunk { offset, len, id } => {
+                    if !ids.binary_search(&id).is_ok_and(|i| held[i]) {
+                        break 'runs;
+                    }
+                    if last.len() == RESUME_SAMPLES {
+                        last.pop_front();
+                    }
+                    last.push_back((offset, len, id));
+                    if row_start {
+                        if spread.len() == 2 * RESUME_SAMPLES {
+                            let thinned = spread.iter().step_by(2).copied().collect();
+                            spread = thinned;
+                        }
+                        spread.push((offset, len, id));
+                        row_start = false;
+                    }
                 }
-                if last.len() == RESUME_SAMPLES {
-                    last.pop_front();
+                Extent::Zero { offset, len } => {
+                    if zeros.len() == 4 {
+                        zeros.pop_front();
+                    }
+                    zeros.push_back((offset, len));
                 }
-                last.push_back((offset, len, id));
             }
             count += 1;
-            let end = e.offset() + e.len();
+            // Checked when the batch was read.
+            let end = e.offset().saturating_add(e.len());
             while boundaries.next_if(|b| *b < end).is_some() {}
             if boundaries.next_if_eq(&end).is_some() {
                 kept = (count, end);
-                kept_last = last.iter().copied().collect();
+                kept_last = last.iter().chain(&spread).copied().collect();
+                kept_zeros = zeros.iter().copied().collect();
+                row_start = true;
             }
         }
         if !more {
@@ -529,7 +563,18 @@ fn resume_point(
     if count == 0 {
         return None;
     }
-    // The file's stamp says the image has not changed; its last chunks confirm it.
+    // The file's stamp says the image has not changed; its last chunks, chunks spread over
+    // the run and its last zero runs confirm it.
+    for (offset, len) in kept_zeros {
+        let mut buf = vec![0u8; len.min(64 << 10) as usize];
+        image.read_at(offset, &mut buf).ok()?;
+        if !geosnap_engine::zero::is_zero(&buf) {
+            tracing::info!(
+                "the image no longer holds what the interrupted attempt read; scanning from the start"
+            );
+            return None;
+        }
+    }
     let last = kept_last;
     let mut data = Vec::new();
     for &(offset, len, _) in &last {
