@@ -386,4 +386,27 @@ mod tests {
         let back = std::fs::read(&path).unwrap();
         assert_eq!(back[..9000], bytes.concat()[..]);
     }
+
+    #[test]
+    fn pooled_buffers_are_aligned_big_enough_empty_and_reused() {
+        // A size class of its own in this test process (3 MiB rounds up to 4 MiB).
+        let mut a = pooled(3 << 20).unwrap();
+        assert!(a.buf().is_empty());
+        a.buf().extend_from_slice(&[9u8; 100]).unwrap();
+        assert_eq!(a.as_ref(), &[9u8; 100][..]);
+        let at = a.as_ref().as_ptr() as usize;
+        assert_eq!(at % ALIGN, 0);
+        drop(a);
+        let mut b = pooled(3 << 20).unwrap();
+        assert!(b.buf().is_empty(), "a reused buffer starts empty");
+        assert_eq!(
+            b.as_ref().as_ptr() as usize,
+            at,
+            "the freed buffer is handed out again"
+        );
+        // Larger than the largest class: a buffer of its own, freed when dropped.
+        let mut big = pooled(5 << 20).unwrap();
+        big.buf().extend_from_slice(&vec![1u8; 5 << 20]).unwrap();
+        assert_eq!(big.as_ref().len(), 5 << 20);
+    }
 }
