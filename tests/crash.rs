@@ -9,8 +9,9 @@ use geosnap_engine::imagegen::{Profile, scatter_writes};
 
 use crate::util::{Env, same};
 
-/// An env whose stale jobs are taken over after 1 s, with one committed snapshot.
-fn setup() -> (Env, PathBuf, PathBuf) {
+/// An env whose stale jobs are taken over after 1 s, packs of 1 MiB, and `settings` (more
+/// lines of config.toml).
+fn crash_env(settings: &str) -> Env {
     let env = Env::new();
     let cfg = env.data.join("config.toml");
     let text = std::fs::read_to_string(&cfg).unwrap();
@@ -18,10 +19,16 @@ fn setup() -> (Env, PathBuf, PathBuf) {
         &cfg,
         text.replace(
             "stale_after_secs = 30",
-            "stale_after_secs = 1\npack_size = \"1M\"",
+            &format!("stale_after_secs = 1\npack_size = \"1M\"\n{settings}"),
         ),
     )
     .unwrap();
+    env
+}
+
+/// An env whose stale jobs are taken over after 1 s, with one committed snapshot.
+fn setup() -> (Env, PathBuf, PathBuf) {
+    let env = crash_env("");
     let img = env.image("a.img", 24 << 20, Profile::Mixed, 11);
     env.ok(&["instance", "create", "vm", "--image", img.to_str().unwrap()]);
     env.ok(&[
@@ -341,17 +348,7 @@ fn gc_beside_snapshots_never_eats_their_chunks() {
 /// checkpoint every 2 MiB of image, with instance `vm` on a 24 MiB random image whose file
 /// has settled (its stamp can be trusted).
 fn checkpointed() -> (Env, PathBuf) {
-    let env = Env::new();
-    let cfg = env.data.join("config.toml");
-    let text = std::fs::read_to_string(&cfg).unwrap();
-    std::fs::write(
-        &cfg,
-        text.replace(
-            "stale_after_secs = 30",
-            "stale_after_secs = 1\npack_size = \"1M\"\ncheckpoint_every = \"2M\"",
-        ),
-    )
-    .unwrap();
+    let env = crash_env("checkpoint_every = \"2M\"");
     let img = env.image("r.img", 24 << 20, Profile::Random, 3);
     env.ok(&["instance", "create", "vm", "--image", img.to_str().unwrap()]);
     std::thread::sleep(Duration::from_millis(2100));

@@ -30,7 +30,7 @@ impl Catalog {
             )
             .during("recording a snapshot checkpoint")?;
             tx.execute(
-                "INSERT OR REPLACE INTO checkpoints
+                "INSERT INTO checkpoints
                      (snapshot_id, start_offset, end_offset, source, chunker, extents)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 params![id.to_hex(), start, end, source, chunker, extents],

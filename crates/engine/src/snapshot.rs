@@ -455,29 +455,23 @@ fn read_image<'j>(
             return Err(Error::Cancelled);
         }
         // A resumed scan may start inside a zero block (after a content-defined chunk):
-        // a window first, which ends on a block boundary.
+        // then a window first, shortened to end on a block boundary; holes are skipped only
+        // from a boundary on.
         let misaligned = pos % ZERO_BLOCK as u64;
-        if misaligned != 0 {
-            let n = (window as u64 - misaligned).min(size - pos) as usize;
-            let mut buf = scanner.take_buffer(n);
-            let carry = buf.len() - n;
-            image.read_at(pos, &mut buf[carry..])?;
-            pos += n as u64;
-            scanner.push(buf, pos == size, &mut emit);
-            continue;
+        if misaligned == 0 {
+            // Skip long holes without reading them.
+            let hole_end = match image.next_data(pos)? {
+                None => size,
+                Some(d) => d / ZERO_BLOCK as u64 * ZERO_BLOCK as u64,
+            };
+            let hole = hole_end.saturating_sub(pos);
+            if hole >= window as u64 || (hole_end == size && hole >= ZERO_RUN_MIN as u64) {
+                scanner.push_zeros(hole, hole_end == size, &mut emit);
+                pos = hole_end;
+                continue;
+            }
         }
-        // Skip long holes without reading them.
-        let hole_end = match image.next_data(pos)? {
-            None => size,
-            Some(d) => d / ZERO_BLOCK as u64 * ZERO_BLOCK as u64,
-        };
-        let hole = hole_end.saturating_sub(pos);
-        if hole >= window as u64 || (hole_end == size && hole >= ZERO_RUN_MIN as u64) {
-            scanner.push_zeros(hole, hole_end == size, &mut emit);
-            pos = hole_end;
-            continue;
-        }
-        let n = (window as u64).min(size - pos) as usize;
+        let n = (window as u64 - misaligned).min(size - pos) as usize;
         let mut buf = scanner.take_buffer(n);
         let carry = buf.len() - n;
         image.read_at(pos, &mut buf[carry..])?;

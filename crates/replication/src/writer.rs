@@ -66,8 +66,9 @@ pub struct Resume {
     /// `manifest::encode_extents` writes them, in a file. The scan resumes after the longest
     /// run of them that fits the image and the chunker, whose chunks every store still
     /// writing holds (their packs may not have been indexed, or gc may have taken them
-    /// since), and whose last [`RESUME_SAMPLES`] chunks still read as recorded; from the
-    /// start if that run is empty. The caller vouches that the image file has not changed.
+    /// since), and whose sampled chunks and zero runs still read as recorded (see
+    /// `resume_point`); from the start if that run is empty. The caller vouches that the
+    /// image file has not changed.
     pub extents: Option<Arc<std::fs::File>>,
     /// Image offsets where the earlier attempts' checkpoints end, ascending: a resumed scan
     /// starts at one of them, so this attempt's checkpoints continue that chain.
@@ -89,8 +90,8 @@ impl std::fmt::Debug for Resume {
     }
 }
 
-/// Chunks at the end of a resumed run of extents that are read and hashed again before
-/// the scan trusts them.
+/// Chunks at the end of a resumed run of extents, and at most as many spread over it, that
+/// are read and hashed again before the scan trusts it.
 pub const RESUME_SAMPLES: usize = 8;
 
 /// Extents whose chunks are looked up in the stores' indexes at once when resuming.
@@ -264,16 +265,14 @@ pub async fn write_snapshot(
                 .extents
                 .as_deref()
                 .and_then(|f| resume_point(f, &resume.boundaries, &image, &options, &sink));
-            let mut kept = match (point, resume.extents.as_deref()) {
-                (Some((count, _)), Some(f)) => extents_of(f)
-                    .ok()
-                    .map(|extents| extents.take(count as usize)),
-                _ => None,
-            };
-            let resumed_at = match (&kept, point) {
-                (Some(_), Some((_, end))) => end,
-                _ => 0,
-            };
+            let kept = point
+                .zip(resume.extents.as_deref())
+                .and_then(|((count, end), f)| {
+                    let extents = extents_of(f).ok()?;
+                    Some((extents.take(count as usize), end))
+                });
+            let resumed_at = kept.as_ref().map_or(0, |(_, end)| *end);
+            let mut kept = kept.map(|(extents, _)| extents);
             let from = kept.as_mut().map(|extents| ResumeFrom { extents });
             if resume.extents.is_some() {
                 tracing::info!(resumed_at, "resuming an interrupted snapshot");
@@ -925,13 +924,7 @@ impl Sink {
     /// Whether every target still writing held every one of `ids` (sorted) before the
     /// snapshot.
     fn all_held(&self, ids: &[ChunkId]) -> bool {
-        let active = self.active_bits();
-        match self.held.lookup(ids) {
-            Ok(found) => found
-                .iter()
-                .all(|h| h.is_some_and(|h| h.stores & active == active)),
-            Err(_) => false,
-        }
+        self.held_by_all(ids).into_iter().all(|held| held)
     }
 
     fn active(&self) -> usize {
