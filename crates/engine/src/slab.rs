@@ -4,21 +4,159 @@
 //! A store that keeps everything it is given grows by hundreds of MiB per snapshot. In
 //! 4 KiB pages that growth costs a page fault for every 4 KiB stored, on whichever core
 //! writes it; the engine's pipeline bench spent about a tenth of its CPU time there — the
-//! store's cost, not the pipeline's (`docs/benchmarks.md`). Slabs ask the kernel for 2 MiB
-//! pages instead. Each slab is filled by one thread at a time, and the copies in it share
-//! it (`Bytes`), so it is freed with the last of them.
+//! store's cost, not the pipeline's (`docs/benchmarks.md`). Slabs are 2 MiB-aligned and ask
+//! the kernel for 2 MiB pages instead. Each slab is filled by one thread at a time, and the
+//! copies in it share it (`Bytes`), so it is freed with the last of them.
+//!
+//! Even in huge pages, fresh memory is memory the kernel must find and clear: a snapshot of
+//! a 1 GiB image into three memory regions spent 0.5–1.7 s of system time there, against
+//! about 2.2 s of its own work. A process that measures the same work several times
+//! ([`keep_freed`], `geosnap bench`) keeps the slabs of one run's dropped stores for the
+//! next, as a real store's disk or network would not have to be found again.
 
-use std::sync::Mutex;
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 
 /// Bytes of memory a slab holds.
 pub const SLAB: usize = 32 << 20;
 
+/// Slabs start on a huge-page boundary, so all of one can be backed by 2 MiB pages.
+const HUGE: usize = 2 << 20;
+
+/// Bytes of freed slabs the process keeps for new ones ([`keep_freed`]).
+static KEEP: AtomicUsize = AtomicUsize::new(0);
+
+/// Freed slabs (all [`SLAB`] bytes) kept for new ones.
+static FREED: Mutex<Vec<Raw>> = Mutex::new(Vec::new());
+
+/// Keep up to `bytes` of memory of freed slabs (whole slabs) for the slabs made after, in
+/// this process, instead of returning it to the kernel; 0 (the default) keeps none and
+/// frees what was kept. For benchmarks that measure a store-filling run several times:
+/// only the first pays for fresh memory.
+pub fn keep_freed(bytes: usize) {
+    KEEP.store(bytes, Ordering::Relaxed);
+    let dropped: Vec<Raw> = match FREED.lock() {
+        Ok(mut freed) => {
+            let keep = bytes / SLAB;
+            if freed.len() > keep {
+                freed.split_off(keep)
+            } else {
+                Vec::new()
+            }
+        }
+        Err(_) => Vec::new(),
+    };
+    dropped.into_iter().for_each(Raw::free);
+}
+
+/// Bytes of freed slabs kept now.
+pub fn kept() -> usize {
+    FREED.lock().map_or(0, |f| f.len() * SLAB)
+}
+
+/// The layout of every slab: [`SLAB`] bytes on a huge-page boundary.
+const LAYOUT: std::alloc::Layout = match std::alloc::Layout::from_size_align(SLAB, HUGE) {
+    Ok(layout) => layout,
+    Err(_) => panic!("SLAB and HUGE make no layout"),
+};
+
+/// One slab's memory, whose bytes are only ever written through its pointer before a
+/// [`Piece`] exposes them.
+struct Raw(NonNull<u8>);
+
+// SAFETY: a `Raw` is plain memory owned by whoever holds it; nothing in it is tied to a thread.
+unsafe impl Send for Raw {}
+
+impl Raw {
+    /// A kept slab when there is one, else fresh memory the kernel may back with huge pages.
+    fn new() -> Raw {
+        if let Some(raw) = FREED.lock().ok().and_then(|mut f| f.pop()) {
+            return raw;
+        }
+        // SAFETY: LAYOUT has a non-zero size.
+        let ptr = unsafe { std::alloc::alloc(LAYOUT) };
+        let Some(ptr) = NonNull::new(ptr) else {
+            std::alloc::handle_alloc_error(LAYOUT)
+        };
+        #[cfg(target_os = "linux")]
+        // SAFETY: the range is the allocation just made, aligned to 2 MiB (a page); advice
+        // changes how its pages are backed, never their contents.
+        unsafe {
+            libc::madvise(ptr.as_ptr().cast(), SLAB, libc::MADV_HUGEPAGE);
+        }
+        Raw(ptr)
+    }
+
+    fn free(self) {
+        // SAFETY: allocated in `Raw::new` with LAYOUT, and owned by `self` alone.
+        unsafe { std::alloc::dealloc(self.0.as_ptr(), LAYOUT) }
+    }
+}
+
+/// A slab, shared by the copies in it; kept or freed when the last goes.
+struct Block(Option<Raw>);
+
+// SAFETY: the bytes a `Block` shares are written before any `Piece` covers them and never
+// after; concurrent readers only read.
+unsafe impl Sync for Block {}
+
+impl Drop for Block {
+    fn drop(&mut self) {
+        let Some(raw) = self.0.take() else { return };
+        if let Ok(mut freed) = FREED.lock()
+            && (freed.len() + 1) * SLAB <= KEEP.load(Ordering::Relaxed)
+        {
+            freed.push(raw);
+            return;
+        }
+        raw.free();
+    }
+}
+
+impl Block {
+    fn base(&self) -> *mut u8 {
+        self.0
+            .as_ref()
+            .map_or(NonNull::dangling(), |r| r.0)
+            .as_ptr()
+    }
+}
+
+/// The bytes of one copy in a slab.
+struct Piece {
+    block: Arc<Block>,
+    start: usize,
+    len: usize,
+}
+
+impl AsRef<[u8]> for Piece {
+    fn as_ref(&self) -> &[u8] {
+        // SAFETY: start..start + len lies in the block and was written before this piece
+        // was made; nothing writes it again while the block lives.
+        unsafe { std::slice::from_raw_parts(self.block.base().add(self.start), self.len) }
+    }
+}
+
+/// A slab being filled: bytes from `filled` on are written by whoever holds it.
+struct Open {
+    block: Arc<Block>,
+    filled: usize,
+}
+
 /// A pool of partly filled slabs.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Slabs {
-    open: Mutex<Vec<BytesMut>>,
+    open: Mutex<Vec<Open>>,
+}
+
+impl std::fmt::Debug for Slabs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let open = self.open.lock().map_or(0, |o| o.len());
+        f.debug_struct("Slabs").field("open", &open).finish()
+    }
 }
 
 impl Slabs {
@@ -27,31 +165,59 @@ impl Slabs {
         Slabs::default()
     }
 
-    /// A copy of the concatenated `parts`, `len` bytes in all, in a slab.
+    /// A copy of the concatenated `parts`, `len` bytes in all, in a slab (one of its own
+    /// when it is larger than a slab). Parts beyond `len` bytes are cut off; a shortfall
+    /// leaves the copy shorter than `len`.
     pub fn copy<'a>(&self, len: usize, parts: impl IntoIterator<Item = &'a [u8]>) -> Bytes {
+        if len == 0 {
+            return Bytes::new();
+        }
+        if len > SLAB {
+            let mut whole = Vec::with_capacity(len);
+            for part in parts {
+                let n = part.len().min(len - whole.len());
+                whole.extend_from_slice(&part[..n]);
+            }
+            return Bytes::from(whole);
+        }
         let open = self.open.lock().ok().and_then(|mut s| s.pop());
         let mut slab = match open {
-            Some(slab) if slab.capacity() - slab.len() >= len => slab,
+            Some(slab) if SLAB - slab.filled >= len => slab,
             // A slab without room for it is left to the copies it holds.
-            _ => new_slab(len.max(SLAB)),
+            _ => Open {
+                block: Arc::new(Block(Some(Raw::new()))),
+                filled: 0,
+            },
         };
+        let start = slab.filled;
+        let mut written = 0;
         for part in parts {
-            slab.extend_from_slice(part);
+            let n = part.len().min(len - written);
+            // SAFETY: start + written + n <= start + len <= SLAB: inside the block, past
+            // every piece made of it so far, and this thread alone holds the open slab.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    part.as_ptr(),
+                    slab.block.base().add(start + written),
+                    n,
+                );
+            }
+            written += n;
         }
-        debug_assert_eq!(slab.len(), len, "the parts do not add up to len");
-        let copy = slab.split().freeze();
-        if let Ok(mut s) = self.open.lock() {
+        debug_assert_eq!(written, len, "the parts do not add up to len");
+        slab.filled += written;
+        let copy = Bytes::from_owner(Piece {
+            block: Arc::clone(&slab.block),
+            start,
+            len: written,
+        });
+        if slab.filled < SLAB
+            && let Ok(mut s) = self.open.lock()
+        {
             s.push(slab);
         }
         copy
     }
-}
-
-/// An empty slab of `capacity` bytes whose pages the kernel may back with huge pages.
-fn new_slab(capacity: usize) -> BytesMut {
-    let mut slab = BytesMut::with_capacity(capacity);
-    crate::malloc::advise_huge_pages(slab.spare_capacity_mut());
-    slab
 }
 
 #[cfg(test)]

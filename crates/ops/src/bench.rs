@@ -19,7 +19,7 @@ use geosnap_engine::image::Image;
 use geosnap_engine::imagegen::{self, Profile};
 use geosnap_engine::manifest::{Backing, SnapshotMeta};
 use geosnap_engine::scanner::{Piece, Scanner};
-use geosnap_engine::slab::Slabs;
+use geosnap_engine::slab::{self, Slabs};
 use geosnap_engine::snapshot::{SnapshotOptions, snapshot_image};
 use geosnap_engine::store::MemStore;
 use geosnap_engine::zero::is_zero;
@@ -165,6 +165,15 @@ const STAGE_RUNS: usize = 3;
 /// process may pay for memory the kernel has to find and clear first (on this project's
 /// virtual machine up to twice the time of the runs after it).
 const PIPELINE_RUNS: usize = 3;
+
+/// Stops keeping freed slabs, and frees those kept, however the bench ends.
+struct ReleaseSlabs;
+
+impl Drop for ReleaseSlabs {
+    fn drop(&mut self) {
+        slab::keep_freed(0);
+    }
+}
 
 /// The median of `runs` (reordered), 0 if there are none.
 fn median(runs: &mut [f64]) -> f64 {
@@ -381,6 +390,42 @@ pub fn run(opts: &BenchOptions, rt: &tokio::runtime::Handle) -> Result<BenchRepo
     let frames = encode(true);
     let parallel_cores = parallel_cores(cores, &pieces, opts.level)?;
     let compressed: u64 = frames.iter().map(|f| f.len() as u64).sum();
+    // Stored bytes per byte of the sample (zero runs and zstd both shrink it); a sample
+    // without data (an image of zeros) stores nothing.
+    let stored_per_sample_byte = if sample_len == 0 {
+        0.0
+    } else {
+        compressed as f64 / sample_len as f64
+    };
+
+    // Three in-memory regions will hold three copies of what the snapshot stores: refuse
+    // before filling the machine's memory, not after. Stored bytes are estimated from the
+    // sample (zero runs and zstd both shrink it), with a quarter more for safety.
+    let allocated = allocated_bytes(&image)?;
+    let need = (allocated as f64 * stored_per_sample_byte * REGIONS as f64 * 1.25) as u64;
+    if let Some(available) = mem_available()
+        && !fits_in_memory(need, available)
+    {
+        let image = if generated {
+            let _ = std::fs::remove_file(&path);
+            "the generated image".to_string()
+        } else {
+            path.display().to_string()
+        };
+        return Err(Error::BenchTooLarge {
+            image,
+            data: human(allocated),
+            need: human(need),
+            available: human(available),
+        });
+    }
+
+    // The memory regions, and the pack stage standing in for them, keep the slabs that
+    // one run's stores free for the next run (up to the estimate above), as a real
+    // region's disk or network does not have to be found again: only the first run of
+    // each pays the kernel for fresh memory (`geosnap_engine::slab`).
+    slab::keep_freed(usize::try_from(need).unwrap_or(usize::MAX));
+    let _release = ReleaseSlabs;
     // A region writer hands each pack to its store as the frames and their lengths; a
     // memory region joins them into its slabs (`geosnap_replication::memory`): one copy
     // per region, measured on the compressed bytes it stores, slabs freed at the end. One
@@ -414,36 +459,6 @@ pub fn run(opts: &BenchOptions, rt: &tokio::runtime::Handle) -> Result<BenchRepo
             std::hint::black_box(dec.decode_verified(f).ok());
         }
     }));
-    // Stored bytes per byte of the sample (zero runs and zstd both shrink it); a sample
-    // without data (an image of zeros) stores nothing.
-    let stored_per_sample_byte = if sample_len == 0 {
-        0.0
-    } else {
-        compressed as f64 / sample_len as f64
-    };
-
-    // Three in-memory regions will hold three copies of what the snapshot stores: refuse
-    // before filling the machine's memory, not after. Stored bytes are estimated from the
-    // sample (zero runs and zstd both shrink it), with a quarter more for safety.
-    let allocated = allocated_bytes(&image)?;
-    if let Some(available) = mem_available() {
-        let need = (allocated as f64 * stored_per_sample_byte * REGIONS as f64 * 1.25) as u64;
-        if !fits_in_memory(need, available) {
-            let image = if generated {
-                let _ = std::fs::remove_file(&path);
-                "the generated image".to_string()
-            } else {
-                path.display().to_string()
-            };
-            return Err(Error::BenchTooLarge {
-                image,
-                data: human(allocated),
-                need: human(need),
-                available: human(available),
-            });
-        }
-    }
-
     // Snapshot into three in-memory regions, PIPELINE_RUNS times into fresh ones (each
     // run's regions are dropped before the next), and the median run counts. The last
     // run's regions serve the restores.
@@ -542,6 +557,7 @@ pub fn run(opts: &BenchOptions, rt: &tokio::runtime::Handle) -> Result<BenchRepo
     // Three copies of what the image stores: gone before the chunker comparison fills
     // memory again.
     drop(regions);
+    slab::keep_freed(0);
     let restore = Pipeline {
         seconds: restore_secs,
         mb_per_s: mbps(image.size(), restore_secs),
