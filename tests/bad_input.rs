@@ -291,6 +291,14 @@ fn bad_tuning_in_the_config_is_one_sentence_naming_the_setting() {
         let e = env.error(&["snapshot", "list"]);
         assert!(e.contains(setting), "{setting} = {value}: {e}");
     }
+    // A setting appended after the [[region]] tables lands in the last region's table:
+    // refused there, naming it, rather than silently ignored.
+    std::fs::write(&cfg, format!("{text}\ncheckpoint_every = \"8M\"\n")).unwrap();
+    let e = env.error(&["snapshot", "list"]);
+    assert!(
+        e.contains("checkpoint_every") && e.contains("region"),
+        "{e}"
+    );
     // And with a good value the same command runs.
     std::fs::write(
         &cfg,

@@ -451,3 +451,33 @@ fn killed_mid_scan_the_retry_restores_byte_identical_whatever_it_resumes_from() 
         env.ok(&["verify"]);
     }
 }
+
+#[test]
+fn a_snapshot_failed_by_full_regions_is_resumed_by_the_next_once_they_have_room() {
+    let (env, img) = checkpointed();
+    // Two of the three regions fill up 10 MiB into the 24 MiB random image's packs.
+    env.ok(&["region", "fail", "de-1", "--mode", "full:10M"]);
+    env.ok(&["region", "fail", "nl-1", "--mode", "full:10M"]);
+    let err = env.error(&["snapshot", "take", "vm", "--name", "s"]);
+    assert!(err.contains("no space left"), "{err}");
+    assert_eq!(env.snapshot("vm/s")["state"], "failed");
+    assert!(env.stored_files("/manifest").is_empty());
+
+    env.ok(&["region", "heal", "de-1"]);
+    env.ok(&["region", "heal", "nl-1"]);
+    let t = env.json(&["snapshot", "take", "vm", "--name", "t"]);
+    assert_eq!(t["state"], "available", "{t}");
+    // Resumed where every region still held the failed attempt's chunks: past the first
+    // checkpoint (2 MiB), not past what the full regions took.
+    let at = t["resumed_at"].as_u64().unwrap();
+    assert!(((2 << 20)..=(10 << 20)).contains(&at), "{t}");
+    assert!(t["stored_bytes"].as_u64().unwrap() < 24 << 20, "{t}");
+    restores_as(&env, "vm/t", &img);
+    env.ok(&["verify"]);
+    // The failed attempt's checkpoints went once a later snapshot was committed.
+    let db = rusqlite::Connection::open(env.data.join("catalog.db")).unwrap();
+    let rows: i64 = db
+        .query_row("SELECT count(*) FROM checkpoints", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(rows, 0);
+}

@@ -1001,3 +1001,47 @@ fn checkpoints_form_one_chain_pass_to_a_retaken_snapshot_and_go_with_it() {
     let (end, seen) = visit(&again, "stamp");
     assert_eq!((end, seen), (7, vec![(7, vec![3])]));
 }
+
+#[test]
+fn a_committed_snapshot_clears_the_checkpoints_of_failed_ones_taken_before_it() {
+    let (_d, cat) = catalog();
+    add_vm(&cat, "vm");
+    add_vm(&cat, "other");
+    let chain = |id: &SnapshotId| {
+        cat.visit_checkpoints(id, "stamp", "fixed:16K", |_, _| true)
+            .unwrap()
+    };
+    let record = |id: &SnapshotId, ends: &[u64]| {
+        let mut start = 0;
+        for &end in ends {
+            cat.add_checkpoint(id, "stamp", "fixed:16K", start, end, &[1])
+                .unwrap();
+            start = end;
+        }
+    };
+    let failed = |instance: &str, name: &str, at: i64| {
+        let id = cat
+            .add_snapshot(&new_snapshot(instance, name, "7", at))
+            .unwrap()
+            .id;
+        record(&id, &[10, 20]);
+        cat.set_snapshot_state(&id, SnapshotState::Failed, Some("region down"))
+            .unwrap();
+        id
+    };
+    let old = failed("vm", "old", T0 - 5);
+    let elsewhere = failed("other", "x", T0 - 5);
+    let running = add_snap(&cat, "vm", "running");
+    record(&running, &[10]);
+    let done = add_snap(&cat, "vm", "done");
+    complete(&cat, &done, T0 + 1);
+    let later = failed("vm", "later", T0 + 100);
+
+    assert_eq!(cat.clear_superseded_checkpoints(&done).unwrap(), 2);
+    assert_eq!(chain(&old), 0, "the older failed snapshot's rows stayed");
+    // Another instance's, a running snapshot's and a later failure's are kept.
+    assert_eq!(chain(&elsewhere), 20);
+    assert_eq!(chain(&running), 10);
+    assert_eq!(chain(&later), 20);
+    assert_eq!(cat.clear_superseded_checkpoints(&done).unwrap(), 0);
+}

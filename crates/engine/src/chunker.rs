@@ -144,13 +144,18 @@ impl fmt::Display for ChunkerParams {
 }
 
 fn size_str(n: u32) -> String {
-    if n >= 1 << 20 && n.is_multiple_of(1 << 20) {
-        format!("{}M", n >> 20)
-    } else if n >= 1 << 10 && n.is_multiple_of(1 << 10) {
-        format!("{}K", n >> 10)
-    } else {
-        n.to_string()
+    format_size(u64::from(n))
+}
+
+/// Writes a size as [`parse_size`] reads it, in the largest unit that divides it exactly:
+/// `1M`, `256K`, `65537`.
+pub fn format_size(n: u64) -> String {
+    for (shift, unit) in [(40, 'T'), (30, 'G'), (20, 'M'), (10, 'K')] {
+        if n >= 1 << shift && n.is_multiple_of(1 << shift) {
+            return format!("{}{unit}", n >> shift);
+        }
     }
+    n.to_string()
 }
 
 /// Parses `1M`, `256K`, `65536`.
@@ -305,6 +310,11 @@ mod tests {
         assert_eq!(parse_size("12"), Some(12));
         assert_eq!(parse_size("-1"), None);
         assert_eq!(parse_size(""), None);
+        for n in [0, 1, 1023, 1024, 65537, 3 << 20, (1 << 30) + 1024, 5 << 40] {
+            assert_eq!(parse_size(&format_size(n)), Some(n), "{}", format_size(n));
+        }
+        assert_eq!(format_size(20 << 20), "20M");
+        assert_eq!(format_size((1 << 30) + (1 << 20)), "1025M");
     }
 
     #[test]

@@ -133,7 +133,7 @@ impl Config {
         };
         let config: Config = toml::from_str(&text).map_err(|e| Error::Config {
             path: path.clone(),
-            reason: e.message().to_string(),
+            reason: where_in(&text, &e),
         })?;
         config.check(&path)?;
         Ok(config)
@@ -258,6 +258,40 @@ impl Config {
 
 fn zstd_range() -> std::ops::RangeInclusive<i32> {
     -1000..=22
+}
+
+/// A parse error of the configuration as one sentence that says where: the line, and for a
+/// setting inside a `[[region]]` table, which region's (a top-level setting written after
+/// the region tables belongs to the last of them).
+fn where_in(text: &str, e: &toml::de::Error) -> String {
+    let Some(at) = e.span().map(|s| s.start.min(text.len())) else {
+        return e.message().to_string();
+    };
+    let before = &text[..at];
+    let line = before.matches('\n').count() + 1;
+    let table = before
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('['));
+    match table {
+        Some("[[region]]") => {
+            let region = before
+                .rsplit("[[region]]")
+                .next()
+                .and_then(|t| t.lines().find_map(|l| l.trim().strip_prefix("name")))
+                .and_then(|v| v.trim().strip_prefix('='))
+                .map(|v| v.trim().trim_matches('"').to_string());
+            let which = region.map_or("a [[region]] table".to_string(), |r| {
+                format!("the [[region]] table of {r}")
+            });
+            format!(
+                "line {line}, in {which}: {} (the settings of geosnap itself go above the first [[region]])",
+                e.message()
+            )
+        }
+        _ => format!("line {line}: {}", e.message()),
+    }
 }
 
 /// Each region's simulated condition, persisted so that `geosnap region fail` lasts across

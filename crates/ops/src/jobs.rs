@@ -335,6 +335,9 @@ impl Geosnap {
         if let Err(e) = self.catalog.clear_checkpoints(&id) {
             tracing::warn!(snapshot = %id, error = %e, "could not clear the snapshot's checkpoints");
         }
+        if let Err(e) = self.catalog.clear_superseded_checkpoints(&id) {
+            tracing::warn!(snapshot = %id, error = %e, "could not clear failed snapshots' checkpoints");
+        }
         Ok(())
     }
 

@@ -18,6 +18,7 @@ use crate::{Error, Result};
 
 /// A region as written in the configuration file.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RegionSpec {
     /// Short name, e.g. `it-1`.
     pub name: String,

@@ -25,12 +25,31 @@ impl Default for RetryPolicy {
     }
 }
 
-/// Whether a store error may go away by itself.
+/// Whether a store error may go away by itself: not a full disk, an exceeded quota or a
+/// read-only filesystem, whichever store reports it.
 pub fn is_transient(e: &object_store::Error) -> bool {
-    matches!(
-        e,
-        object_store::Error::Generic { .. } | object_store::Error::JoinError { .. }
-    )
+    match e {
+        object_store::Error::Generic { source, .. } => !is_out_of_space(source.as_ref()),
+        object_store::Error::JoinError { .. } => true,
+        _ => false,
+    }
+}
+
+/// Whether `e`, or an error it wraps, is an I/O error that no retry can fix soon.
+fn is_out_of_space(e: &(dyn std::error::Error + 'static)) -> bool {
+    if let Some(io) = e.downcast_ref::<std::io::Error>() {
+        use std::io::ErrorKind::{QuotaExceeded, ReadOnlyFilesystem, StorageFull};
+        if matches!(io.kind(), StorageFull | QuotaExceeded | ReadOnlyFilesystem) {
+            return true;
+        }
+        // An io::Error made from another error hides it from `source()`.
+        if let Some(inner) = io.get_ref()
+            && is_out_of_space(inner)
+        {
+            return true;
+        }
+    }
+    e.source().is_some_and(is_out_of_space)
 }
 
 /// Runs `op` until it succeeds, fails permanently, or the attempts are used up.
@@ -103,5 +122,37 @@ mod tests {
         .await;
         assert!(r.is_err());
         assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_full_disk_is_not_retried_wherever_its_error_is_wrapped() {
+        use std::io::{Error, ErrorKind};
+        let full = || Error::new(ErrorKind::StorageFull, "no space left on device");
+        let answers: Vec<Box<dyn std::error::Error + Send + Sync>> = vec![
+            Box::new(full()),
+            Box::new(Error::other(full())),
+            Box::new(Error::new(ErrorKind::QuotaExceeded, "quota")),
+            Box::new(Error::new(ErrorKind::ReadOnlyFilesystem, "ro")),
+        ];
+        for answer in answers {
+            let shown = answer.to_string();
+            let mut answer = Some(answer);
+            let calls = AtomicU32::new(0);
+            let r: object_store::Result<()> = retry(RetryPolicy::default(), || {
+                calls.fetch_add(1, Ordering::SeqCst);
+                let source = answer
+                    .take()
+                    .unwrap_or_else(|| Box::new(Error::other("asked twice")));
+                async move { Err(object_store::Error::Generic { store: "t", source }) }
+            })
+            .await;
+            assert!(r.is_err());
+            assert_eq!(calls.load(Ordering::SeqCst), 1, "{shown} was retried");
+        }
+        // Other I/O errors still are.
+        assert!(is_transient(&object_store::Error::Generic {
+            store: "t",
+            source: Box::new(Error::new(ErrorKind::ConnectionReset, "reset")),
+        }));
     }
 }

@@ -41,6 +41,9 @@ pub struct FaultConfig {
     pub corrupt_rate: f64,
     /// Seed of the error and corruption draws.
     pub seed: u64,
+    /// Bytes this process may write to the region before every write fails as on a full
+    /// disk; 0 is no limit.
+    pub full_after: u64,
 }
 
 impl FaultConfig {
@@ -59,6 +62,7 @@ impl FaultConfig {
             FaultMode::Down => self.down = true,
             FaultMode::Flaky(rate) => self.error_rate = rate,
             FaultMode::Corrupt(rate) => self.corrupt_rate = rate,
+            FaultMode::Full(bytes) => self.full_after = bytes.max(1),
             FaultMode::Slow {
                 latency_ms,
                 bandwidth,
@@ -85,6 +89,12 @@ impl fmt::Display for FaultConfig {
         if self.latency_ms > 0 || self.bandwidth > 0 {
             parts.push(format!("slow:{},{}", self.latency_ms, self.bandwidth));
         }
+        if self.full_after > 0 {
+            parts.push(format!(
+                "full:{}",
+                geosnap_engine::chunker::format_size(self.full_after)
+            ));
+        }
         if parts.is_empty() {
             f.write_str("healthy")
         } else {
@@ -102,6 +112,9 @@ pub enum FaultMode {
     Flaky(f64),
     /// `corrupt:RATE`
     Corrupt(f64),
+    /// `full:SIZE`: writes fail as on a full disk once this process has written SIZE
+    /// bytes to the region.
+    Full(u64),
     /// `slow:LATENCY_MS,BYTES_PER_S`
     Slow {
         /// Latency per request.
@@ -117,8 +130,8 @@ impl FromStr for FaultMode {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let usage = || {
             format!(
-                "'{s}' is not a fault mode; use down, flaky:RATE, corrupt:RATE (RATE from 0 to 1) \
-                 or slow:LATENCY_MS,BYTES_PER_S"
+                "'{s}' is not a fault mode; use down, flaky:RATE, corrupt:RATE (RATE from 0 to 1), \
+                 slow:LATENCY_MS,BYTES_PER_S or full:SIZE"
             )
         };
         let rate = |r: &str| -> Result<f64, String> {
@@ -131,6 +144,10 @@ impl FromStr for FaultMode {
             None if s == "down" => Ok(FaultMode::Down),
             Some(("flaky", r)) => Ok(FaultMode::Flaky(rate(r)?)),
             Some(("corrupt", r)) => Ok(FaultMode::Corrupt(rate(r)?)),
+            Some(("full", size)) => match geosnap_engine::chunker::parse_size(size) {
+                Some(bytes) if bytes > 0 => Ok(FaultMode::Full(bytes)),
+                _ => Err(usage()),
+            },
             Some(("slow", args)) => {
                 let (l, b) = args.split_once(',').ok_or_else(usage)?;
                 let latency_ms = l.trim().parse().map_err(|_| usage())?;
@@ -156,6 +173,8 @@ pub struct Faults {
     rng: Mutex<Xoshiro256PlusPlus>,
     /// When the simulated link is next free (bandwidth shaping).
     link_free_at: Mutex<Instant>,
+    /// Bytes written to the region through this process (`full_after`).
+    written: std::sync::atomic::AtomicU64,
 }
 
 impl Faults {
@@ -166,6 +185,7 @@ impl Faults {
             rng: Mutex::new(Xoshiro256PlusPlus::seed_from_u64(config.seed)),
             config: Mutex::new(config),
             link_free_at: Mutex::new(Instant::now()),
+            written: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -223,6 +243,33 @@ impl Faults {
             tokio::time::sleep(Duration::from_millis(c.latency_ms)).await;
         }
         Ok(())
+    }
+
+    /// Fails a write of `bytes` as a full disk would (`ErrorKind::StorageFull`, which
+    /// retries treat as permanent) if it would take what this process wrote to the region
+    /// past `full_after`; else counts it as written.
+    fn reserve(&self, bytes: usize) -> object_store::Result<()> {
+        use std::sync::atomic::Ordering;
+        let limit = self.config().full_after;
+        let bytes = bytes as u64;
+        let taken = self
+            .written
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |w| {
+                (limit == 0 || w.saturating_add(bytes) <= limit).then(|| w.saturating_add(bytes))
+            });
+        match taken {
+            Ok(_) => Ok(()),
+            Err(_) => Err(object_store::Error::Generic {
+                store: "simulator",
+                source: Box::new(io::Error::new(
+                    io::ErrorKind::StorageFull,
+                    format!(
+                        "region {}: no space left on the store (simulated full disk after {limit} bytes)",
+                        self.region
+                    ),
+                )),
+            }),
+        }
     }
 
     /// Waits for `bytes` to cross the shaped link.
@@ -288,6 +335,7 @@ impl MultipartUpload for FaultyUpload {
         let part = self.inner.put_part(data);
         Box::pin(async move {
             faults.enter().await?;
+            faults.reserve(len)?;
             faults.transfer(len).await;
             part.await
         })
@@ -333,6 +381,7 @@ impl<T: ObjectStore> ObjectStore for FaultyStore<T> {
         opts: PutOptions,
     ) -> object_store::Result<PutResult> {
         self.faults.enter().await?;
+        self.faults.reserve(payload.content_length())?;
         self.faults.transfer(payload.content_length()).await;
         self.inner.put_opts(location, payload, opts).await
     }
@@ -681,7 +730,21 @@ mod tests {
                 bandwidth: 200 << 20
             }
         );
-        for bad in ["up", "flaky:2", "flaky:-0.1", "slow:20", "corrupt:x", ""] {
+        assert_eq!(
+            "full:8M".parse::<FaultMode>().unwrap(),
+            FaultMode::Full(8 << 20)
+        );
+        for bad in [
+            "up",
+            "flaky:2",
+            "flaky:-0.1",
+            "slow:20",
+            "corrupt:x",
+            "",
+            "full:0",
+            "full:-1",
+            "full:",
+        ] {
             let err = bad.parse::<FaultMode>().unwrap_err();
             assert!(err.contains("fault mode"), "{err}");
         }
@@ -689,6 +752,54 @@ mod tests {
         assert!(c.is_healthy());
         c.apply(FaultMode::Down);
         assert_eq!(c.to_string(), "down");
+        c.apply(FaultMode::Full(100));
+        assert_eq!(c.to_string(), "down full:100");
+        c.apply(FaultMode::Full(3 << 30));
+        assert_eq!(c.to_string(), "down full:3G");
+    }
+
+    /// A full region refuses the write that would take it past its size, as a full disk
+    /// (permanent: not retried), and still takes smaller ones that fit, and every read.
+    #[tokio::test]
+    async fn a_full_region_refuses_what_does_not_fit_as_a_full_disk() {
+        let (s, faults) = store(FaultConfig {
+            full_after: 100,
+            ..Default::default()
+        });
+        s.put(&Path::from("a"), Bytes::from(vec![1u8; 60]).into())
+            .await
+            .unwrap();
+        let e = s
+            .put(&Path::from("b"), Bytes::from(vec![2u8; 50]).into())
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("no space left"), "{e}");
+        assert!(!crate::retry::is_transient(&e), "{e}");
+        s.put(&Path::from("c"), Bytes::from(vec![3u8; 40]).into())
+            .await
+            .unwrap();
+        let mut up = s.put_multipart(&Path::from("d")).await.unwrap();
+        assert!(up.put_part(Bytes::from(vec![4u8; 1]).into()).await.is_err());
+        up.abort().await.unwrap();
+        assert_eq!(
+            s.get(&Path::from("a"))
+                .await
+                .unwrap()
+                .bytes()
+                .await
+                .unwrap()
+                .len(),
+            60
+        );
+        assert!(
+            s.head(&Path::from("b")).await.is_err(),
+            "a refused object was stored"
+        );
+        // Healed: writes go through again.
+        faults.set(FaultConfig::default());
+        s.put(&Path::from("b"), Bytes::from(vec![2u8; 50]).into())
+            .await
+            .unwrap();
     }
 
     #[tokio::test]
