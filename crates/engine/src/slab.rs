@@ -6,7 +6,8 @@
 //! writes it; the engine's pipeline bench spent about a tenth of its CPU time there — the
 //! store's cost, not the pipeline's (`docs/benchmarks.md`). Slabs are 2 MiB-aligned and ask
 //! the kernel for 2 MiB pages instead. Each slab is filled by one thread at a time, and the
-//! copies in it share it (`Bytes`), so it is freed with the last of them.
+//! copies in it share it (`Bytes`), so it is freed with the last of them. A copy larger
+//! than a quarter of a slab (a pack) gets a block of its own, its size rounded up to 2 MiB.
 //!
 //! Even in huge pages, fresh memory is memory the kernel must find and clear: a snapshot of
 //! a 1 GiB image into three memory regions spent 0.5–1.7 s of system time there, against
@@ -23,80 +24,98 @@ use bytes::Bytes;
 /// Bytes of memory a slab holds.
 pub const SLAB: usize = 32 << 20;
 
-/// Slabs start on a huge-page boundary, so all of one can be backed by 2 MiB pages.
+/// Copies larger than this get a block of their own (their size rounded up to 2 MiB)
+/// instead of a place in a shared slab: a 16 MiB pack would otherwise leave most of a
+/// slab's second half unused, every time.
+const OWN_BLOCK_ABOVE: usize = SLAB / 4;
+
+/// Blocks start on a huge-page boundary and are whole huge pages, so all of one can be
+/// backed by 2 MiB pages.
 const HUGE: usize = 2 << 20;
 
-/// Bytes of freed slabs the process keeps for new ones ([`keep_freed`]).
+/// Bytes of freed blocks the process keeps for new ones ([`keep_freed`]).
 static KEEP: AtomicUsize = AtomicUsize::new(0);
 
-/// Freed slabs (all [`SLAB`] bytes) kept for new ones.
+/// Freed blocks kept for new ones.
 static FREED: Mutex<Vec<Raw>> = Mutex::new(Vec::new());
 
-/// Keep up to `bytes` of memory of freed slabs (whole slabs) for the slabs made after, in
-/// this process, instead of returning it to the kernel; 0 (the default) keeps none and
-/// frees what was kept. For benchmarks that measure a store-filling run several times:
-/// only the first pays for fresh memory.
+/// Keep up to `bytes` of memory of freed slabs and blocks for those made after, in this
+/// process, instead of returning it to the kernel; 0 (the default) keeps none and frees
+/// what was kept. For benchmarks that measure a store-filling run several times: only the
+/// first pays for fresh memory.
 pub fn keep_freed(bytes: usize) {
     KEEP.store(bytes, Ordering::Relaxed);
-    let dropped: Vec<Raw> = match FREED.lock() {
-        Ok(mut freed) => {
-            let keep = bytes / SLAB;
-            if freed.len() > keep {
-                freed.split_off(keep)
-            } else {
-                Vec::new()
-            }
+    let mut dropped = Vec::new();
+    if let Ok(mut freed) = FREED.lock() {
+        let mut total: usize = freed.iter().map(|r| r.cap).sum();
+        while total > bytes {
+            let Some(raw) = freed.pop() else { break };
+            total -= raw.cap;
+            dropped.push(raw);
         }
-        Err(_) => Vec::new(),
-    };
+    }
     dropped.into_iter().for_each(Raw::free);
 }
 
-/// Bytes of freed slabs kept now.
+/// Bytes of freed slabs and blocks kept now.
 pub fn kept() -> usize {
-    FREED.lock().map_or(0, |f| f.len() * SLAB)
+    FREED.lock().map_or(0, |f| f.iter().map(|r| r.cap).sum())
 }
 
-/// The layout of every slab: [`SLAB`] bytes on a huge-page boundary.
-const LAYOUT: std::alloc::Layout = match std::alloc::Layout::from_size_align(SLAB, HUGE) {
-    Ok(layout) => layout,
-    Err(_) => panic!("SLAB and HUGE make no layout"),
-};
-
-/// One slab's memory, whose bytes are only ever written through its pointer before a
+/// One block of memory, whose bytes are only ever written through its pointer before a
 /// [`Piece`] exposes them.
-struct Raw(NonNull<u8>);
+struct Raw {
+    ptr: NonNull<u8>,
+    /// A multiple of [`HUGE`], with which it was allocated.
+    cap: usize,
+}
 
 // SAFETY: a `Raw` is plain memory owned by whoever holds it; nothing in it is tied to a thread.
 unsafe impl Send for Raw {}
 
 impl Raw {
-    /// A kept slab when there is one, else fresh memory the kernel may back with huge pages.
-    fn new() -> Raw {
-        if let Some(raw) = FREED.lock().ok().and_then(|mut f| f.pop()) {
-            return raw;
+    fn layout(cap: usize) -> Option<std::alloc::Layout> {
+        std::alloc::Layout::from_size_align(cap, HUGE).ok()
+    }
+
+    /// A block of at least `need` bytes (`need` > 0): the smallest kept one that is at
+    /// most a quarter larger than `need` rounded up to 2 MiB, else fresh memory the kernel
+    /// may back with huge pages; `None` if no such block can be laid out.
+    fn new(need: usize) -> Option<Raw> {
+        let cap = need.checked_next_multiple_of(HUGE)?;
+        if let Ok(mut freed) = FREED.lock() {
+            let fits = |r: &Raw| r.cap >= cap && r.cap - cap <= cap / 4;
+            let best = (0..freed.len())
+                .filter(|&i| fits(&freed[i]))
+                .min_by_key(|&i| freed[i].cap);
+            if let Some(i) = best {
+                return Some(freed.swap_remove(i));
+            }
         }
-        // SAFETY: LAYOUT has a non-zero size.
-        let ptr = unsafe { std::alloc::alloc(LAYOUT) };
+        let layout = Raw::layout(cap)?;
+        // SAFETY: the layout has a non-zero size (cap >= HUGE).
+        let ptr = unsafe { std::alloc::alloc(layout) };
         let Some(ptr) = NonNull::new(ptr) else {
-            std::alloc::handle_alloc_error(LAYOUT)
+            std::alloc::handle_alloc_error(layout)
         };
         #[cfg(target_os = "linux")]
         // SAFETY: the range is the allocation just made, aligned to 2 MiB (a page); advice
         // changes how its pages are backed, never their contents.
         unsafe {
-            libc::madvise(ptr.as_ptr().cast(), SLAB, libc::MADV_HUGEPAGE);
+            libc::madvise(ptr.as_ptr().cast(), cap, libc::MADV_HUGEPAGE);
         }
-        Raw(ptr)
+        Some(Raw { ptr, cap })
     }
 
     fn free(self) {
-        // SAFETY: allocated in `Raw::new` with LAYOUT, and owned by `self` alone.
-        unsafe { std::alloc::dealloc(self.0.as_ptr(), LAYOUT) }
+        if let Some(layout) = Raw::layout(self.cap) {
+            // SAFETY: allocated in `Raw::new` with this layout, and owned by `self` alone.
+            unsafe { std::alloc::dealloc(self.ptr.as_ptr(), layout) }
+        }
     }
 }
 
-/// A slab, shared by the copies in it; kept or freed when the last goes.
+/// A block, shared by the copies in it; kept or freed when the last goes.
 struct Block(Option<Raw>);
 
 // SAFETY: the bytes a `Block` shares are written before any `Piece` covers them and never
@@ -106,11 +125,12 @@ unsafe impl Sync for Block {}
 impl Drop for Block {
     fn drop(&mut self) {
         let Some(raw) = self.0.take() else { return };
-        if let Ok(mut freed) = FREED.lock()
-            && (freed.len() + 1) * SLAB <= KEEP.load(Ordering::Relaxed)
-        {
-            freed.push(raw);
-            return;
+        if let Ok(mut freed) = FREED.lock() {
+            let total: usize = freed.iter().map(|r| r.cap).sum();
+            if total + raw.cap <= KEEP.load(Ordering::Relaxed) {
+                freed.push(raw);
+                return;
+            }
         }
         raw.free();
     }
@@ -120,12 +140,12 @@ impl Block {
     fn base(&self) -> *mut u8 {
         self.0
             .as_ref()
-            .map_or(NonNull::dangling(), |r| r.0)
+            .map_or(NonNull::dangling(), |r| r.ptr)
             .as_ptr()
     }
 }
 
-/// The bytes of one copy in a slab.
+/// The bytes of one copy in a block.
 struct Piece {
     block: Arc<Block>,
     start: usize,
@@ -144,6 +164,41 @@ impl AsRef<[u8]> for Piece {
 struct Open {
     block: Arc<Block>,
     filled: usize,
+}
+
+/// Copies `parts` into `block` from `start`, at most `len` bytes; returns how many.
+///
+/// # Safety
+/// `start + len` must lie within the block, no [`Piece`] may cover `start..start + len`
+/// yet, and no other thread may write there.
+unsafe fn fill<'a>(
+    block: &Block,
+    start: usize,
+    len: usize,
+    parts: impl IntoIterator<Item = &'a [u8]>,
+) -> usize {
+    let mut written = 0;
+    for part in parts {
+        let n = part.len().min(len - written);
+        // SAFETY: start + written + n <= start + len, inside the block and unshared (the
+        // caller's promise).
+        unsafe {
+            std::ptr::copy_nonoverlapping(part.as_ptr(), block.base().add(start + written), n);
+        }
+        written += n;
+    }
+    written
+}
+
+/// The concatenated `parts`, at most `len` bytes, in an ordinary allocation (for a size no
+/// block can be laid out for).
+fn joined<'a>(len: usize, parts: impl IntoIterator<Item = &'a [u8]>) -> Bytes {
+    let mut whole = Vec::with_capacity(len);
+    for part in parts {
+        let n = part.len().min(len - whole.len());
+        whole.extend_from_slice(&part[..n]);
+    }
+    Bytes::from(whole)
 }
 
 /// A pool of partly filled slabs.
@@ -165,45 +220,43 @@ impl Slabs {
         Slabs::default()
     }
 
-    /// A copy of the concatenated `parts`, `len` bytes in all, in a slab (one of its own
-    /// when it is larger than a slab). Parts beyond `len` bytes are cut off; a shortfall
-    /// leaves the copy shorter than `len`.
+    /// A copy of the concatenated `parts`, `len` bytes in all: in a shared slab, or in a
+    /// block of its own when it is large. Parts beyond `len` bytes are cut off; a
+    /// shortfall leaves the copy shorter than `len`.
     pub fn copy<'a>(&self, len: usize, parts: impl IntoIterator<Item = &'a [u8]>) -> Bytes {
         if len == 0 {
             return Bytes::new();
         }
-        if len > SLAB {
-            let mut whole = Vec::with_capacity(len);
-            for part in parts {
-                let n = part.len().min(len - whole.len());
-                whole.extend_from_slice(&part[..n]);
-            }
-            return Bytes::from(whole);
+        if len > OWN_BLOCK_ABOVE {
+            let Some(raw) = Raw::new(len) else {
+                return joined(len, parts);
+            };
+            let block = Arc::new(Block(Some(raw)));
+            // SAFETY: len <= the block's capacity; the block is new to this thread.
+            let written = unsafe { fill(&block, 0, len, parts) };
+            debug_assert_eq!(written, len, "the parts do not add up to len");
+            return Bytes::from_owner(Piece {
+                block,
+                start: 0,
+                len: written,
+            });
         }
         let open = self.open.lock().ok().and_then(|mut s| s.pop());
         let mut slab = match open {
             Some(slab) if SLAB - slab.filled >= len => slab,
             // A slab without room for it is left to the copies it holds.
-            _ => Open {
-                block: Arc::new(Block(Some(Raw::new()))),
-                filled: 0,
+            _ => match Raw::new(SLAB) {
+                Some(raw) => Open {
+                    block: Arc::new(Block(Some(raw))),
+                    filled: 0,
+                },
+                None => return joined(len, parts),
             },
         };
         let start = slab.filled;
-        let mut written = 0;
-        for part in parts {
-            let n = part.len().min(len - written);
-            // SAFETY: start + written + n <= start + len <= SLAB: inside the block, past
-            // every piece made of it so far, and this thread alone holds the open slab.
-            unsafe {
-                std::ptr::copy_nonoverlapping(
-                    part.as_ptr(),
-                    slab.block.base().add(start + written),
-                    n,
-                );
-            }
-            written += n;
-        }
+        // SAFETY: start + len <= SLAB, past every piece made of the slab so far, and this
+        // thread alone holds the open slab.
+        let written = unsafe { fill(&slab.block, start, len, parts) };
         debug_assert_eq!(written, len, "the parts do not add up to len");
         slab.filled += written;
         let copy = Bytes::from_owner(Piece {

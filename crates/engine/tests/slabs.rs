@@ -46,6 +46,30 @@ fn freed_slabs_are_kept_up_to_the_limit_and_reused_with_only_their_new_bytes() {
     drop(b);
     assert_eq!(kept(), 2 * SLAB);
 
+    // A large copy (a pack) takes a block of its own, its size rounded up to 2 MiB, not
+    // a slab half of which it would leave empty; freed, it serves a copy of about its
+    // size, and not one much smaller.
+    keep_freed(4 * SLAB);
+    let pack = vec![7u8; (16 << 20) + 5];
+    let big = Slabs::new().copy(pack.len(), [&pack[..]]);
+    let big_base = big.as_ptr();
+    assert!(big[..] == pack[..]);
+    let before = kept();
+    drop(big);
+    assert_eq!(kept(), before + (18 << 20));
+    let store = Slabs::new();
+    let other = store.copy(17 << 20, [&pack[..], &pack[..]]);
+    assert_eq!(
+        other.as_ptr(),
+        big_base,
+        "a kept block of the right size was not reused"
+    );
+    assert_eq!(other.len(), 17 << 20);
+    assert!(other.iter().all(|&b| b == 7));
+    let small = store.copy(9 << 20, [&pack[..]]);
+    assert_ne!(small.as_ptr(), big_base);
+    drop((other, small, store));
+
     // Lowering the limit frees what is kept beyond it.
     keep_freed(SLAB);
     assert_eq!(kept(), SLAB);

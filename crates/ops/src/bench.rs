@@ -494,6 +494,7 @@ pub fn run(opts: &BenchOptions, rt: &tokio::runtime::Handle) -> Result<BenchRepo
             &|| 0,
         ))?;
         snap_runs.push(t.elapsed().as_secs_f64());
+        tracing::debug!(seconds = t.elapsed().as_secs_f64(), "bench snapshot run");
         Ok((regions, meta, out))
     };
     let mut last = snapshot_once()?;
@@ -550,6 +551,7 @@ pub fn run(opts: &BenchOptions, rt: &tokio::runtime::Handle) -> Result<BenchRepo
             Arc::new(NoProgress),
         ));
         restore_runs.push(t.elapsed().as_secs_f64());
+        tracing::debug!(seconds = t.elapsed().as_secs_f64(), "bench restore run");
         let _ = std::fs::remove_file(&target);
         restored?;
     }
