@@ -299,6 +299,14 @@ fn bad_tuning_in_the_config_is_one_sentence_naming_the_setting() {
         e.contains("checkpoint_every") && e.contains("region"),
         "{e}"
     );
+    // or after a [region.options] table: options of a file:// region mean nothing.
+    std::fs::write(
+        &cfg,
+        format!("{text}\n[region.options]\ncheckpoint_every = \"8M\"\n"),
+    )
+    .unwrap();
+    let e = env.error(&["snapshot", "list"]);
+    assert!(e.contains("option 'checkpoint_every'"), "{e}");
     // And with a good value the same command runs.
     std::fs::write(
         &cfg,

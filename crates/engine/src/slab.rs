@@ -46,7 +46,8 @@ static FREED: Mutex<Vec<Raw>> = Mutex::new(Vec::new());
 pub fn keep_freed(bytes: usize) {
     KEEP.store(bytes, Ordering::Relaxed);
     let mut dropped = Vec::new();
-    if let Ok(mut freed) = FREED.lock() {
+    {
+        let mut freed = freed();
         let mut total: usize = freed.iter().map(|r| r.cap).sum();
         while total > bytes {
             let Some(raw) = freed.pop() else { break };
@@ -59,7 +60,15 @@ pub fn keep_freed(bytes: usize) {
 
 /// Bytes of freed slabs and blocks kept now.
 pub fn kept() -> usize {
-    FREED.lock().map_or(0, |f| f.iter().map(|r| r.cap).sum())
+    freed().iter().map(|r| r.cap).sum()
+}
+
+/// The kept blocks (a panic elsewhere while they were locked leaves them as they were:
+/// a list of whole blocks, still right).
+fn freed() -> std::sync::MutexGuard<'static, Vec<Raw>> {
+    FREED
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// One block of memory, whose bytes are only ever written through its pointer before a
@@ -83,7 +92,9 @@ impl Raw {
     /// may back with huge pages; `None` if no such block can be laid out.
     fn new(need: usize) -> Option<Raw> {
         let cap = need.checked_next_multiple_of(HUGE)?;
-        if let Ok(mut freed) = FREED.lock() {
+        // Nothing is kept unless a process asked for it (and then the lock is worth it).
+        if KEEP.load(Ordering::Relaxed) > 0 {
+            let mut freed = freed();
             let fits = |r: &Raw| r.cap >= cap && r.cap - cap <= cap / 4;
             let best = (0..freed.len())
                 .filter(|&i| fits(&freed[i]))
@@ -125,9 +136,11 @@ unsafe impl Sync for Block {}
 impl Drop for Block {
     fn drop(&mut self) {
         let Some(raw) = self.0.take() else { return };
-        if let Ok(mut freed) = FREED.lock() {
+        let keep = KEEP.load(Ordering::Relaxed);
+        if keep > 0 {
+            let mut freed = freed();
             let total: usize = freed.iter().map(|r| r.cap).sum();
-            if total + raw.cap <= KEEP.load(Ordering::Relaxed) {
+            if total + raw.cap <= keep {
                 freed.push(raw);
                 return;
             }
@@ -209,8 +222,9 @@ pub struct Slabs {
 
 impl std::fmt::Debug for Slabs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let open = self.open.lock().map_or(0, |o| o.len());
-        f.debug_struct("Slabs").field("open", &open).finish()
+        f.debug_struct("Slabs")
+            .field("open", &self.open().len())
+            .finish()
     }
 }
 
@@ -218,6 +232,13 @@ impl Slabs {
     /// An empty pool.
     pub fn new() -> Slabs {
         Slabs::default()
+    }
+
+    /// The open slabs (a list that a panic elsewhere cannot leave half-changed).
+    fn open(&self) -> std::sync::MutexGuard<'_, Vec<Open>> {
+        self.open
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// A copy of the concatenated `parts`, `len` bytes in all: in a shared slab, or in a
@@ -234,14 +255,13 @@ impl Slabs {
             let block = Arc::new(Block(Some(raw)));
             // SAFETY: len <= the block's capacity; the block is new to this thread.
             let written = unsafe { fill(&block, 0, len, parts) };
-            debug_assert_eq!(written, len, "the parts do not add up to len");
             return Bytes::from_owner(Piece {
                 block,
                 start: 0,
                 len: written,
             });
         }
-        let open = self.open.lock().ok().and_then(|mut s| s.pop());
+        let open = self.open().pop();
         let mut slab = match open {
             Some(slab) if SLAB - slab.filled >= len => slab,
             // A slab without room for it is left to the copies it holds.
@@ -257,17 +277,14 @@ impl Slabs {
         // SAFETY: start + len <= SLAB, past every piece made of the slab so far, and this
         // thread alone holds the open slab.
         let written = unsafe { fill(&slab.block, start, len, parts) };
-        debug_assert_eq!(written, len, "the parts do not add up to len");
         slab.filled += written;
         let copy = Bytes::from_owner(Piece {
             block: Arc::clone(&slab.block),
             start,
             len: written,
         });
-        if slab.filled < SLAB
-            && let Ok(mut s) = self.open.lock()
-        {
-            s.push(slab);
+        if slab.filled < SLAB {
+            self.open().push(slab);
         }
         copy
     }

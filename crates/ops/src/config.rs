@@ -260,38 +260,48 @@ fn zstd_range() -> std::ops::RangeInclusive<i32> {
     -1000..=22
 }
 
-/// A parse error of the configuration as one sentence that says where: the line, and for a
-/// setting inside a `[[region]]` table, which region's (a top-level setting written after
-/// the region tables belongs to the last of them).
+/// A parse error of the configuration as one sentence that says where: the line, and for
+/// an error inside a `[[region]]` table, which region's (a top-level setting written after
+/// the region tables belongs to the last of them, which is then said too).
 fn where_in(text: &str, e: &toml::de::Error) -> String {
     let Some(at) = e.span().map(|s| s.start.min(text.len())) else {
         return e.message().to_string();
     };
-    let before = &text[..at];
+    let before = text.get(..at).unwrap_or(text);
+    let after = text.get(at..).unwrap_or("");
     let line = before.matches('\n').count() + 1;
-    let table = before
-        .lines()
-        .rev()
-        .map(str::trim)
-        .find(|l| l.starts_with('['));
-    match table {
-        Some("[[region]]") => {
-            let region = before
-                .rsplit("[[region]]")
-                .next()
-                .and_then(|t| t.lines().find_map(|l| l.trim().strip_prefix("name")))
-                .and_then(|v| v.trim().strip_prefix('='))
-                .map(|v| v.trim().trim_matches('"').to_string());
-            let which = region.map_or("a [[region]] table".to_string(), |r| {
-                format!("the [[region]] table of {r}")
-            });
-            format!(
-                "line {line}, in {which}: {} (the settings of geosnap itself go above the first [[region]])",
-                e.message()
-            )
+    let is_region = |l: &str| l.trim_start().starts_with("[[region]]");
+    // An error about a whole table (a missing field) points at its header.
+    let table = if is_region(after) {
+        Some(after)
+    } else {
+        match before
+            .lines()
+            .rev()
+            .find(|l| l.trim_start().starts_with('['))
+        {
+            Some(header) if is_region(header) => before.rsplit("[[region]]").next(),
+            _ => None,
         }
-        _ => format!("line {line}: {}", e.message()),
-    }
+    };
+    let Some(table) = table else {
+        return format!("line {line}: {}", e.message());
+    };
+    let name = table
+        .lines()
+        .skip_while(|l| is_region(l))
+        .take_while(|l| !l.trim_start().starts_with('['))
+        .find_map(|l| l.trim().strip_prefix("name")?.trim().strip_prefix('='))
+        .map(|v| v.trim().trim_matches('"').to_string());
+    let which = name.map_or("a [[region]] table".to_string(), |r| {
+        format!("the [[region]] table of {r}")
+    });
+    let hint = if e.message().starts_with("unknown field") {
+        " (the settings of geosnap itself go above the first [[region]])"
+    } else {
+        ""
+    };
+    format!("line {line}, in {which}: {}{hint}", e.message())
 }
 
 /// Each region's simulated condition, persisted so that `geosnap region fail` lasts across
@@ -331,4 +341,42 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     tmp.persist(path).map_err(|e| Error::io(what(), e.error))?;
     geosnap_engine::restore::sync_dir(&dir).map_err(|e| Error::io(what(), e))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn error_of(text: &str) -> String {
+        let e = toml::from_str::<Config>(text).unwrap_err();
+        where_in(text, &e)
+    }
+
+    #[test]
+    fn parse_errors_say_the_line_and_the_region() {
+        let config = Config::default_for(Path::new("/data"));
+        let good = toml::to_string(&config).unwrap();
+        assert!(toml::from_str::<Config>(&good).is_ok());
+
+        // A top-level setting appended after the region tables lands in the last one.
+        let e = error_of(&format!("{good}\ncheckpoint_every = \"8M\"\n"));
+        assert!(e.contains("the [[region]] table of nl-1"), "{e}");
+        assert!(e.contains("unknown field `checkpoint_every`"), "{e}");
+        assert!(e.contains("go above the first [[region]]"), "{e}");
+
+        // A field missing from the second region: that region is named, with no hint.
+        let de = config.regions.iter().find(|r| r.name == "de-1").unwrap();
+        let missing = good.replace(&format!("volume_url = \"{}\"\n", de.volume_url), "");
+        assert_ne!(missing, good);
+        let e = error_of(&missing);
+        assert!(e.contains("de-1") && e.contains("volume_url"), "{e}");
+        assert!(!e.contains("go above"), "{e}");
+
+        // A bad value at the top: its line, no region.
+        let e = error_of(&good.replace("quorum = 2", "quorum = \"two\""));
+        assert!(e.starts_with("line 1") || e.starts_with("line "), "{e}");
+        assert!(!e.contains("region"), "{e}");
+    }
 }

@@ -62,6 +62,12 @@ impl Bucket {
         if let Some(mapped) = self.remote.as_ref().and_then(|r| self.remote_err(r, &e)) {
             return mapped;
         }
+        if let Some(reason) = crate::retry::out_of_space(&e) {
+            return Error::RegionFull {
+                region: self.to_string(),
+                reason,
+            };
+        }
         if is_transient(&e) {
             // object_store wraps the cause as "Generic <store> error: <cause>"; keep the cause.
             let reason = match &e {

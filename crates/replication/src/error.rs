@@ -14,6 +14,15 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+    /// The region's store has no room left (a full disk, an exceeded quota, a read-only
+    /// filesystem): retries do not fix it.
+    #[error("region {region} has no space left ({reason})")]
+    RegionFull {
+        /// Region name.
+        region: String,
+        /// What the store said.
+        reason: String,
+    },
     /// A store request failed in a way retries do not fix.
     #[error("region {region}: {source}")]
     Store {

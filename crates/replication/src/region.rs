@@ -124,6 +124,17 @@ fn open_store(region: &str, url: &str, options: &BTreeMap<String, String>) -> Re
         store,
         remote: None,
     };
+    // A setting written after the last [[region]] table lands in its options: refused
+    // here, where no option means anything, rather than ignored.
+    if matches!(parsed.scheme(), "file" | "memory")
+        && let Some(key) = options.keys().next()
+    {
+        return Err(config(format!(
+            "option '{key}' means nothing for a {}:// store (options are for s3:// and other \
+             object store URLs; the settings of geosnap itself go above the first [[region]])",
+            parsed.scheme()
+        )));
+    }
     match parsed.scheme() {
         "file" => {
             let path = parsed

@@ -26,30 +26,38 @@ impl Default for RetryPolicy {
 }
 
 /// Whether a store error may go away by itself: not a full disk, an exceeded quota or a
-/// read-only filesystem, whichever store reports it.
+/// read-only filesystem reported as an I/O error (a local directory, the simulator; an S3
+/// server's "insufficient storage" is an HTTP error and still retried).
 pub fn is_transient(e: &object_store::Error) -> bool {
     match e {
-        object_store::Error::Generic { source, .. } => !is_out_of_space(source.as_ref()),
+        object_store::Error::Generic { .. } => out_of_space(e).is_none(),
         object_store::Error::JoinError { .. } => true,
         _ => false,
     }
 }
 
-/// Whether `e`, or an error it wraps, is an I/O error that no retry can fix soon.
-fn is_out_of_space(e: &(dyn std::error::Error + 'static)) -> bool {
+/// What the store said, if `e` is, or wraps, an I/O error that says it has no room left.
+pub fn out_of_space(e: &object_store::Error) -> Option<String> {
+    match e {
+        object_store::Error::Generic { source, .. } => no_room(source.as_ref()),
+        _ => None,
+    }
+}
+
+fn no_room(e: &(dyn std::error::Error + 'static)) -> Option<String> {
     if let Some(io) = e.downcast_ref::<std::io::Error>() {
         use std::io::ErrorKind::{QuotaExceeded, ReadOnlyFilesystem, StorageFull};
-        if matches!(io.kind(), StorageFull | QuotaExceeded | ReadOnlyFilesystem) {
-            return true;
-        }
         // An io::Error made from another error hides it from `source()`.
         if let Some(inner) = io.get_ref()
-            && is_out_of_space(inner)
+            && let Some(said) = no_room(inner)
         {
-            return true;
+            return Some(said);
+        }
+        if matches!(io.kind(), StorageFull | QuotaExceeded | ReadOnlyFilesystem) {
+            return Some(io.to_string());
         }
     }
-    e.source().is_some_and(is_out_of_space)
+    e.source().and_then(no_room)
 }
 
 /// Runs `op` until it succeeds, fails permanently, or the attempts are used up.

@@ -202,6 +202,8 @@ impl Faults {
         if let Ok(mut c) = self.config.lock() {
             *c = config;
         }
+        // A region failed as full again starts empty.
+        self.written.store(0, std::sync::atomic::Ordering::SeqCst);
     }
 
     fn draw(&self, p: f64) -> bool {
@@ -264,8 +266,8 @@ impl Faults {
                 source: Box::new(io::Error::new(
                     io::ErrorKind::StorageFull,
                     format!(
-                        "region {}: no space left on the store (simulated full disk after {limit} bytes)",
-                        self.region
+                        "simulated full disk: {} written",
+                        geosnap_engine::chunker::format_size(limit)
                     ),
                 )),
             }),
@@ -332,10 +334,13 @@ impl MultipartUpload for FaultyUpload {
     fn put_part(&mut self, data: PutPayload) -> object_store::UploadPart {
         let faults = self.faults.clone();
         let len = data.content_length();
+        // Refused before the inner store sees the part (it may keep parts as they come).
+        if let Err(e) = faults.reserve(len) {
+            return Box::pin(async move { Err(e) });
+        }
         let part = self.inner.put_part(data);
         Box::pin(async move {
             faults.enter().await?;
-            faults.reserve(len)?;
             faults.transfer(len).await;
             part.await
         })
@@ -773,7 +778,10 @@ mod tests {
             .put(&Path::from("b"), Bytes::from(vec![2u8; 50]).into())
             .await
             .unwrap_err();
-        assert!(e.to_string().contains("no space left"), "{e}");
+        assert!(
+            e.to_string().contains("simulated full disk: 100 written"),
+            "{e}"
+        );
         assert!(!crate::retry::is_transient(&e), "{e}");
         s.put(&Path::from("c"), Bytes::from(vec![3u8; 40]).into())
             .await
