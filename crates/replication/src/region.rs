@@ -62,6 +62,22 @@ impl Region {
     /// Opens the region's stores (creating local directories) behind a simulator that starts
     /// in state `faults`.
     pub fn open(spec: &RegionSpec, faults: FaultConfig, retry: RetryPolicy) -> Result<Region> {
+        // A setting written after the last [[region]] table lands in its options: refused
+        // where neither of the region's stores takes any, rather than ignored.
+        let local = |url: &str| url.starts_with("file:") || url.starts_with("memory:");
+        if local(&spec.url)
+            && local(&spec.volume_url)
+            && let Some(key) = spec.options.keys().next()
+        {
+            return Err(Error::Config {
+                region: spec.name.clone(),
+                reason: format!(
+                    "option '{key}' means nothing to its file:// and memory:// stores (options \
+                     are for s3:// and other object store URLs; the settings of geosnap itself \
+                     go above the first [[region]])"
+                ),
+            });
+        }
         let faults = Faults::new(&spec.name, faults);
         let bucket = |url: &str, kind| -> Result<Bucket> {
             let opened = open_store(&spec.name, url, &spec.options)?;
@@ -124,17 +140,6 @@ fn open_store(region: &str, url: &str, options: &BTreeMap<String, String>) -> Re
         store,
         remote: None,
     };
-    // A setting written after the last [[region]] table lands in its options: refused
-    // here, where no option means anything, rather than ignored.
-    if matches!(parsed.scheme(), "file" | "memory")
-        && let Some(key) = options.keys().next()
-    {
-        return Err(config(format!(
-            "option '{key}' means nothing for a {}:// store (options are for s3:// and other \
-             object store URLs; the settings of geosnap itself go above the first [[region]])",
-            parsed.scheme()
-        )));
-    }
     match parsed.scheme() {
         "file" => {
             let path = parsed
