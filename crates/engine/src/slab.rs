@@ -248,24 +248,13 @@ impl Slabs {
         if len == 0 {
             return Bytes::new();
         }
-        if len > OWN_BLOCK_ABOVE {
-            let Some(raw) = Raw::new(len) else {
-                return joined(len, parts);
-            };
-            let block = Arc::new(Block(Some(raw)));
-            // SAFETY: len <= the block's capacity; the block is new to this thread.
-            let written = unsafe { fill(&block, 0, len, parts) };
-            return Bytes::from_owner(Piece {
-                block,
-                start: 0,
-                len: written,
-            });
-        }
-        let open = self.open().pop();
+        // A large copy fills a block of its own, never reopened; a small one the tail of
+        // an open slab (a slab without room for it is left to the copies it holds).
+        let own = len > OWN_BLOCK_ABOVE;
+        let open = if own { None } else { self.open().pop() };
         let mut slab = match open {
             Some(slab) if SLAB - slab.filled >= len => slab,
-            // A slab without room for it is left to the copies it holds.
-            _ => match Raw::new(SLAB) {
+            _ => match Raw::new(if own { len } else { SLAB }) {
                 Some(raw) => Open {
                     block: Arc::new(Block(Some(raw))),
                     filled: 0,
@@ -274,8 +263,9 @@ impl Slabs {
             },
         };
         let start = slab.filled;
-        // SAFETY: start + len <= SLAB, past every piece made of the slab so far, and this
-        // thread alone holds the open slab.
+        // SAFETY: start + len is within the block (a slab with room for it, or a block of
+        // at least len bytes), past every piece made of it so far, and this thread alone
+        // holds it.
         let written = unsafe { fill(&slab.block, start, len, parts) };
         slab.filled += written;
         let copy = Bytes::from_owner(Piece {
@@ -283,7 +273,7 @@ impl Slabs {
             start,
             len: written,
         });
-        if slab.filled < SLAB {
+        if !own && slab.filled < SLAB {
             self.open().push(slab);
         }
         copy

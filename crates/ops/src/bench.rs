@@ -425,7 +425,7 @@ pub fn run(opts: &BenchOptions, rt: &tokio::runtime::Handle) -> Result<BenchRepo
     // region's disk or network does not have to be found again: only the first run of
     // each pays the kernel for fresh memory (`geosnap_engine::slab`).
     slab::keep_freed(usize::try_from(need).unwrap_or(usize::MAX));
-    let _release = ReleaseSlabs;
+    let release = ReleaseSlabs;
     // A region writer hands each pack to its store as the frames and their lengths; a
     // memory region joins them into its slabs (`geosnap_replication::memory`): one copy
     // per region, measured on the compressed bytes it stores, slabs freed at the end. One
@@ -493,8 +493,9 @@ pub fn run(opts: &BenchOptions, rt: &tokio::runtime::Handle) -> Result<BenchRepo
             Arc::new(NoProgress),
             &|| 0,
         ))?;
-        snap_runs.push(t.elapsed().as_secs_f64());
-        tracing::debug!(seconds = t.elapsed().as_secs_f64(), "bench snapshot run");
+        let seconds = t.elapsed().as_secs_f64();
+        snap_runs.push(seconds);
+        tracing::debug!(seconds, "bench snapshot run");
         Ok((regions, meta, out))
     };
     let mut last = snapshot_once()?;
@@ -550,8 +551,9 @@ pub fn run(opts: &BenchOptions, rt: &tokio::runtime::Handle) -> Result<BenchRepo
             },
             Arc::new(NoProgress),
         ));
-        restore_runs.push(t.elapsed().as_secs_f64());
-        tracing::debug!(seconds = t.elapsed().as_secs_f64(), "bench restore run");
+        let seconds = t.elapsed().as_secs_f64();
+        restore_runs.push(seconds);
+        tracing::debug!(seconds, "bench restore run");
         let _ = std::fs::remove_file(&target);
         restored?;
     }
@@ -559,7 +561,7 @@ pub fn run(opts: &BenchOptions, rt: &tokio::runtime::Handle) -> Result<BenchRepo
     // Three copies of what the image stores: gone before the chunker comparison fills
     // memory again.
     drop(regions);
-    slab::keep_freed(0);
+    drop(release);
     let restore = Pipeline {
         seconds: restore_secs,
         mb_per_s: mbps(image.size(), restore_secs),
