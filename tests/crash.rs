@@ -291,6 +291,33 @@ fn killed_before_the_restore_rename() {
 }
 
 #[test]
+fn a_restore_whose_disk_fills_up_fails_in_one_sentence_and_leaves_nothing() {
+    let (env, _img, committed) = setup();
+    let out = env.path("restored.img");
+    let run = env
+        .cmd(&["restore", "vm/committed", "--to", out.to_str().unwrap()])
+        .env("GEOSNAP_FAILPOINT", "restore-disk-full")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(1), "{stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "not one sentence: {stderr}");
+    assert!(lines[0].contains("No space left on device"), "{stderr}");
+    assert!(lines[0].contains("restored.img"), "{stderr}");
+    // Neither the target nor a partial file is left.
+    let left: Vec<String> = std::fs::read_dir(env.tmp.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("restored.img"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    env.ok(&["restore", "vm/committed", "--to", out.to_str().unwrap()]);
+    assert!(same(&out, &committed));
+}
+
+#[test]
 fn killed_while_deleting_a_snapshot() {
     let (env, _img, committed) = setup();
     env.ok(&["snapshot", "take", "vm", "--name", "doomed"]);

@@ -9,6 +9,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::thread;
 
 use bytes::Bytes;
@@ -150,53 +151,91 @@ pub fn restore_image(
         (0, Some(n)) => n.max(1),
         _ => opts.thread_count(manifest.header().chunker.max_chunk()),
     };
-    let file = tmp.as_file();
     let direct = aligned::open_direct(tmp.path());
-    let written = AtomicU64::new(0);
+    let writer = Writer {
+        file: tmp.as_file(),
+        direct: direct.as_ref(),
+        target,
+        progress,
+        written: AtomicU64::new(0),
+    };
+    let cancel = AtomicBool::new(false);
     let recovered = AtomicU64::new(0);
     let recovered_ids = Mutex::new(IdSet::default());
     let mut data_bytes = 0u64;
     let mut chunk_count = 0u64;
-    let mut extents = manifest.extents();
-    let mut places: Vec<(ChunkId, u64, u32)> = Vec::new();
-    loop {
-        places.clear();
-        for e in extents.by_ref() {
-            match e? {
-                Extent::Chunk { offset, len, id } => {
-                    data_bytes += u64::from(len);
-                    places.push((id, offset, len));
-                    if places.len() == window {
+    // Verified groups on their way to the writer: two a worker, so that the workers run
+    // a few MiB ahead of the disk and no further. One writer outlives the windows, so the
+    // disk takes a window's last groups while the next window is planned and decoded.
+    let (to_writer, writes) = mpsc::sync_channel::<Vec<(u64, Bytes)>>(2 * threads);
+    thread::scope(|s| {
+        let written = s.spawn(|| {
+            let wrote = writer.run(writes, &cancel);
+            if wrote.is_err() {
+                cancel.store(true, Ordering::SeqCst);
+            }
+            wrote
+        });
+        let mut extents = manifest.extents();
+        let mut places: Vec<(ChunkId, u64, u32)> = Vec::new();
+        let read = loop {
+            places.clear();
+            let mut bad = None;
+            for e in extents.by_ref() {
+                match e {
+                    Ok(Extent::Chunk { offset, len, id }) => {
+                        data_bytes += u64::from(len);
+                        places.push((id, offset, len));
+                        if places.len() == window {
+                            break;
+                        }
+                    }
+                    Ok(Extent::Zero { len, .. }) => progress.advance(len),
+                    Err(e) => {
+                        bad = Some(e);
                         break;
                     }
                 }
-                Extent::Zero { len, .. } => progress.advance(len),
             }
-        }
-        if places.is_empty() {
-            break;
-        }
-        chunk_count += places.len() as u64;
-        let taken = std::mem::take(&mut places);
-        let window = Places::new(sorted_places(taken)?);
-        let job = Restore {
-            groups: &[],
-            places: &window,
-            next: &AtomicUsize::new(0),
-            written: &written,
-            cancel: &AtomicBool::new(false),
-            recovered: &recovered,
-            recovered_ids: &recovered_ids,
-            source,
-            file,
-            direct: direct.as_ref(),
-            target,
-            progress,
+            if let Some(e) = bad {
+                break Err(e);
+            }
+            if places.is_empty() || cancel.load(Ordering::SeqCst) {
+                break Ok(());
+            }
+            chunk_count += places.len() as u64;
+            let taken = std::mem::take(&mut places);
+            let window = match sorted_places(taken) {
+                Ok(sorted) => Places::new(sorted),
+                Err(e) => break Err(e),
+            };
+            let job = Restore {
+                groups: &[],
+                places: &window,
+                next: &AtomicUsize::new(0),
+                cancel: &cancel,
+                recovered: &recovered,
+                recovered_ids: &recovered_ids,
+                source,
+            };
+            if let Err(e) = job.run(threads, &to_writer) {
+                break Err(e);
+            }
+            places = window.sorted;
+            crate::malloc::release_free();
         };
-        job.run(threads)?;
-        places = window.sorted;
-        crate::malloc::release_free();
-    }
+        if read.is_err() {
+            cancel.store(true, Ordering::SeqCst);
+        }
+        drop(to_writer);
+        let wrote = written.join().unwrap_or_else(|_| {
+            Err(write_err(io::Error::other(
+                "the restore's writer thread panicked",
+            )))
+        });
+        // A worker's error comes first: the writer only stops because of it.
+        read.and(wrote)
+    })?;
     progress.finish();
     // Every chunk the header counts was written: nothing short is ever renamed into place.
     let h = manifest.header();
@@ -287,28 +326,34 @@ fn prefix(id: &ChunkId) -> u16 {
     u16::from_be_bytes([id.0[0], id.0[1]])
 }
 
-/// What the restore threads share.
+/// What the restore threads of one window share.
 struct Restore<'a> {
     groups: &'a [Vec<ChunkId>],
     places: &'a Places,
     next: &'a AtomicUsize,
-    written: &'a AtomicU64,
     cancel: &'a AtomicBool,
     recovered: &'a AtomicU64,
     /// Chunks recovered from a further copy so far, across windows.
     recovered_ids: &'a Mutex<IdSet>,
     source: &'a dyn ChunkSource,
+}
+
+/// What writes the restored file: every group's pieces, in the order they are handed over.
+struct Writer<'a> {
     file: &'a File,
     /// The same file opened for direct I/O, where the filesystem allows it.
     direct: Option<&'a File>,
     target: &'a Path,
     progress: &'a dyn Progress,
+    /// Bytes written through the page cache so far.
+    written: AtomicU64,
 }
 
 impl Restore<'_> {
     /// Plans the window's distinct chunks into groups and restores them on `threads`
-    /// threads; the first error stops them all.
-    fn run(self, threads: usize) -> Result<(), Error> {
+    /// threads, which fetch, decode and verify groups and hand their pieces to the writer;
+    /// the first error stops them all.
+    fn run(self, threads: usize, to_writer: &SyncSender<Vec<(u64, Bytes)>>) -> Result<(), Error> {
         let mut distinct: Vec<ChunkId> = self.places.sorted.iter().map(|p| p.0).collect();
         distinct.dedup();
         let groups = self.source.plan(&distinct);
@@ -320,8 +365,9 @@ impl Restore<'_> {
         let failure: Mutex<Option<Error>> = Mutex::new(None);
         thread::scope(|s| {
             for _ in 0..threads.min(groups.len()).max(1) {
+                let to_writer = to_writer.clone();
                 s.spawn(|| {
-                    if let Err(e) = job.worker() {
+                    if let Err(e) = job.worker(to_writer) {
                         job.cancel.store(true, Ordering::SeqCst);
                         if let Ok(mut f) = failure.lock()
                             && f.is_none()
@@ -338,19 +384,10 @@ impl Restore<'_> {
         }
     }
 
-    /// Takes groups until none are left: fetch, verify each chunk, write it everywhere it
-    /// goes; a chunk missing or failing its hash is fetched again from further copies.
-    fn worker(&self) -> Result<(), Error> {
-        // Direct writes need an aligned copy of each run; one buffer per thread, reused.
-        let mut staging = match self.direct {
-            Some(_) => Some(
-                AlignedBuf::with_capacity(2 << 20).map_err(|source| Error::Write {
-                    path: self.target.to_path_buf(),
-                    source,
-                })?,
-            ),
-            None => None,
-        };
+    /// Takes groups until none are left: fetch, verify each chunk and hand the writer its
+    /// pieces (every place each chunk goes); a chunk missing or failing its hash is fetched
+    /// again from further copies.
+    fn worker(&self, to_writer: SyncSender<Vec<(u64, Bytes)>>) -> Result<(), Error> {
         loop {
             if self.cancel.load(Ordering::Relaxed) {
                 return Ok(());
@@ -396,7 +433,15 @@ impl Restore<'_> {
                 let data = self.fallback(id, first)?;
                 good.insert(*id, data);
             }
-            self.write_group(&good, &mut staging)?;
+            let mut pieces: Vec<(u64, Bytes)> = Vec::new();
+            for (id, data) in good {
+                pieces.extend(self.places.of(&id).iter().map(|p| (p.1, data.clone())));
+            }
+            pieces.sort_unstable_by_key(|p| p.0);
+            // The writer stopped: it failed, and said so.
+            if to_writer.send(pieces).is_err() {
+                return Ok(());
+            }
         }
     }
 
@@ -467,6 +512,36 @@ impl Restore<'_> {
         }
         Err(first_err.unwrap_or(Error::ChunkMissing { id: *id }))
     }
+}
+
+impl Writer<'_> {
+    /// Writes the groups the workers verified until they have all stopped (or one failed).
+    fn run(&self, groups: Receiver<Vec<(u64, Bytes)>>, cancel: &AtomicBool) -> Result<(), Error> {
+        // Direct writes need an aligned copy of each run they cannot take in place.
+        let mut staging = match self.direct {
+            Some(_) => Some(
+                AlignedBuf::with_capacity(2 << 20).map_err(|source| Error::Write {
+                    path: self.target.to_path_buf(),
+                    source,
+                })?,
+            ),
+            None => None,
+        };
+        for (n, pieces) in groups.into_iter().enumerate() {
+            if cancel.load(Ordering::Relaxed) {
+                return Ok(());
+            }
+            // The crash tests' full disk, a few groups in.
+            if n == 3 && crate::failpoint::armed("restore-disk-full") {
+                return Err(Error::Write {
+                    path: self.target.to_path_buf(),
+                    source: io::Error::from_raw_os_error(libc::ENOSPC),
+                });
+            }
+            self.write_group(&pieces, &mut staging)?;
+        }
+        Ok(())
+    }
 
     /// Writes every verified chunk of a group at all its offsets; neighbouring pieces go
     /// out in one write (one syscall, one turn of the file's lock). Long runs aligned to
@@ -475,14 +550,9 @@ impl Restore<'_> {
     /// through the page cache.
     fn write_group(
         &self,
-        good: &IdMap<Bytes>,
+        pieces: &[(u64, Bytes)],
         staging: &mut Option<AlignedBuf>,
     ) -> Result<(), Error> {
-        let mut pieces: Vec<(u64, &Bytes)> = Vec::new();
-        for (id, data) in good {
-            pieces.extend(self.places.of(id).iter().map(|p| (p.1, data)));
-        }
-        pieces.sort_unstable_by_key(|p| p.0);
         let write_err = |source: io::Error| Error::Write {
             path: self.target.to_path_buf(),
             source,
@@ -490,7 +560,7 @@ impl Restore<'_> {
         let mut run: Vec<u8> = Vec::new();
         let mut i = 0;
         while i < pieces.len() {
-            let (start, first) = pieces[i];
+            let (start, ref first) = pieces[i];
             let mut end = start + first.len() as u64;
             let mut j = i + 1;
             while j < pieces.len() && pieces[j].0 == end {

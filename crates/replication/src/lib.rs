@@ -14,9 +14,9 @@
 //! - every chunk read is verified against its SHA-256 before it is used or copied;
 //! - deletions leave tombstones, so repair never resurrects a deleted snapshot.
 
-/// `impl ObjectStore for $ty` from its own `put_opts` (and whatever else it writes itself),
-/// every other method passed unchanged to `self.inner`: the wrapping stores
-/// ([`direct::DirectFs`], [`memory::SlabMemory`]) differ only in how they put.
+/// `impl ObjectStore for $ty` from its own `put_opts` and `get_opts`, every other method
+/// passed unchanged to `self.inner`: the wrapping stores ([`direct::DirectFs`],
+/// [`memory::SlabMemory`]) differ only in how they put and get.
 macro_rules! object_store_over_inner {
     ($ty:ty, { $($own:tt)* }) => {
         #[async_trait::async_trait]
@@ -29,14 +29,6 @@ macro_rules! object_store_over_inner {
                 opts: object_store::PutMultipartOptions,
             ) -> object_store::Result<Box<dyn object_store::MultipartUpload>> {
                 self.inner.put_multipart_opts(location, opts).await
-            }
-
-            async fn get_opts(
-                &self,
-                location: &object_store::path::Path,
-                options: object_store::GetOptions,
-            ) -> object_store::Result<object_store::GetResult> {
-                self.inner.get_opts(location, options).await
             }
 
             async fn get_ranges(

@@ -50,6 +50,14 @@ object_store_over_inner!(SlabMemory, {
         };
         self.inner.put_opts(location, payload, opts).await
     }
+
+    async fn get_opts(
+        &self,
+        location: &Path,
+        options: object_store::GetOptions,
+    ) -> Result<object_store::GetResult> {
+        self.inner.get_opts(location, options).await
+    }
 });
 
 #[cfg(test)]
