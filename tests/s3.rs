@@ -333,3 +333,84 @@ fn missing_credentials_are_refused_at_start_up() {
         "{err}"
     );
 }
+
+/// A server on a loopback port that answers every request with HTTP 507 "Insufficient
+/// Storage" (as a full Swift or MinIO does), after reading it whole; counts requests.
+fn full_server() -> (String, std::sync::Arc<AtomicU32>) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let requests = std::sync::Arc::new(AtomicU32::new(0));
+    let counted = requests.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(conn) = conn else { continue };
+            let counted = counted.clone();
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(conn);
+                loop {
+                    let mut length = 0usize;
+                    let mut line = String::new();
+                    // The request line and headers, up to the blank line.
+                    loop {
+                        line.clear();
+                        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        let lower = line.to_ascii_lowercase();
+                        if let Some(v) = lower.strip_prefix("content-length:") {
+                            length = v.trim().parse().unwrap_or(0);
+                        }
+                        if line == "\r\n" {
+                            break;
+                        }
+                    }
+                    let mut body = vec![0u8; length];
+                    if reader.read_exact(&mut body).is_err() {
+                        return;
+                    }
+                    counted.fetch_add(1, Ordering::SeqCst);
+                    let answer = "HTTP/1.1 507 Insufficient Storage\r\nContent-Length: 0\r\n\r\n";
+                    if reader.get_mut().write_all(answer.as_bytes()).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (url, requests)
+}
+
+#[test]
+fn a_full_s3_region_is_said_to_be_full_and_not_retried() {
+    // No Swift needed: the server is this test's own.
+    let (endpoint, requests) = full_server();
+    let options: BTreeMap<String, String> = [
+        ("endpoint", endpoint.as_str()),
+        ("access_key_id", "test:tester"),
+        ("secret_access_key", "testing"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let env = with_bad_de1("s3://geosnap-de-1", options);
+    let start = Instant::now();
+    let run = env.run(&["snapshot", "take", "vm", "--name", "s"]);
+    assert!(start.elapsed() < ERROR_BUDGET, "{:?}", start.elapsed());
+    assert!(run.status.success());
+    let out =
+        String::from_utf8_lossy(&run.stdout).to_string() + &String::from_utf8_lossy(&run.stderr);
+    assert!(
+        out.contains("de-1:failed it-1:written nl-1:written"),
+        "{out}"
+    );
+    let said = format!(
+        "region de-1 ({endpoint}, bucket geosnap-de-1) has no space left \
+         (the server answered HTTP 507 Insufficient Storage)"
+    );
+    assert!(out.contains(&said), "{out}");
+    // Each call is asked once more by object_store's own client (max_retries 1) and not
+    // again by geosnap: 6 requests here, where retrying it as transient made 36.
+    let asked = requests.load(Ordering::SeqCst);
+    assert!((1..=8).contains(&asked), "{asked} requests");
+}

@@ -134,6 +134,11 @@ impl Bucket {
                     "access denied by {remote}{detail}; check access_key_id and the secret"
                 ),
             })
+        } else if let Some(reason) = crate::retry::out_of_space(e) {
+            Some(Error::RegionFull {
+                region: here,
+                reason: format!("{reason}{detail}"),
+            })
         } else if let (object_store::Error::Generic { .. }, Some(status)) = (e, status) {
             Some(Error::RegionUnavailable {
                 region: here,

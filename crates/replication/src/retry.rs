@@ -26,8 +26,8 @@ impl Default for RetryPolicy {
 }
 
 /// Whether a store error may go away by itself: not a full disk, an exceeded quota or a
-/// read-only filesystem reported as an I/O error (a local directory, the simulator; an S3
-/// server's "insufficient storage" is an HTTP error and still retried).
+/// read-only filesystem, whether reported as an I/O error (a local directory, the
+/// simulator) or as an S3 server's HTTP 507 "Insufficient Storage".
 pub fn is_transient(e: &object_store::Error) -> bool {
     match e {
         object_store::Error::Generic { .. } => out_of_space(e).is_none(),
@@ -35,6 +35,9 @@ pub fn is_transient(e: &object_store::Error) -> bool {
         _ => false,
     }
 }
+
+/// How an HTTP 507 answer shows in object_store's errors.
+const INSUFFICIENT_STORAGE: &str = "507 Insufficient Storage";
 
 /// What the store said, if `e` is, or wraps, an I/O error that says it has no room left.
 pub fn out_of_space(e: &object_store::Error) -> Option<String> {
@@ -45,6 +48,11 @@ pub fn out_of_space(e: &object_store::Error) -> Option<String> {
 }
 
 fn no_room(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+    // object_store keeps an HTTP answer's status in a type it does not export; what it
+    // shows of it is "... non-2xx status code: 507 Insufficient Storage: <body>".
+    if e.to_string().contains(INSUFFICIENT_STORAGE) {
+        return Some(format!("the server answered HTTP {INSUFFICIENT_STORAGE}"));
+    }
     if let Some(io) = e.downcast_ref::<std::io::Error>() {
         use std::io::ErrorKind::{QuotaExceeded, ReadOnlyFilesystem, StorageFull};
         // An io::Error made from another error hides it from `source()`.
@@ -141,6 +149,11 @@ mod tests {
             Box::new(Error::other(full())),
             Box::new(Error::new(ErrorKind::QuotaExceeded, "quota")),
             Box::new(Error::new(ErrorKind::ReadOnlyFilesystem, "ro")),
+            // How object_store shows an S3 server's answer (its error type is private).
+            Box::new(Error::other(
+                "Error performing PUT http://127.0.0.1:9/b/k in 2ms - Server returned \
+                 non-2xx status code: 507 Insufficient Storage: ",
+            )),
         ];
         for answer in answers {
             let shown = answer.to_string();
