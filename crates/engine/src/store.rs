@@ -50,8 +50,8 @@ pub trait ChunkSource: Sync {
     /// copies that failed.
     fn recovered(&self, _id: &ChunkId, _attempt: u32, _data: &Bytes) {}
 
-    /// Groups worth fetching at once (each group's bytes are held while it is written);
-    /// `None` lets the restore choose from the chunk size.
+    /// Threads worth fetching groups at once (each holds its group's bytes until the
+    /// restore's writer takes them); `None` lets the restore choose from the chunk size.
     fn parallelism(&self) -> Option<usize> {
         None
     }

@@ -12,11 +12,12 @@
 //! fsync on, to the same path. Filesystems without `O_DIRECT` (tmpfs) get plain writes.
 //!
 //! A range read of such a key is one open, one `fstat` and positional reads into a buffer
-//! that is not cleared first, on the calling thread when that is not a task (a restore's
-//! workers): `LocalFileSystem` hands each read to the blocking pool and back and clears the
-//! buffer first, which cost a restore about 4 % of its time and 10 MiB of its peak RSS
-//! (`docs/benchmarks.md`, "Tenth stop"). Everything else (small objects, whole reads, listings, deletes) is the wrapped
-//! `LocalFileSystem`'s.
+//! that is not cleared first; on a thread that asked for it with [`reading_inline`] (a
+//! restore's fetching threads, which have nothing else to do meanwhile) it runs right there.
+//! `LocalFileSystem` hands each read to the blocking pool and back and clears the buffer
+//! first, which cost a restore about 4 % of its time and 10 MiB of its peak RSS
+//! (`docs/benchmarks.md`, "Tenth stop"). Everything else (small objects, whole reads,
+//! listings, deletes) is the wrapped `LocalFileSystem`'s.
 
 use std::fmt;
 use std::fs::{File, OpenOptions};
@@ -235,9 +236,10 @@ object_store_over_inner!(DirectFs, {
         };
         let (range, location) = (range.clone(), location.clone());
         let read = move || read_range(&file, &location, &range);
-        // A restore's workers call in from their own threads (`Handle::block_on`), outside
-        // any task: they read themselves, with no hand-over to the blocking pool and back.
-        let (bytes, meta, range) = if tokio::task::try_id().is_none() {
+        // Inside a runtime, a blocking read would hold up every other future of this
+        // thread, unless the thread said it waits for this read alone.
+        let inline = INLINE.get() || tokio::runtime::Handle::try_current().is_err();
+        let (bytes, meta, range) = if inline {
             read()?
         } else {
             tokio::task::spawn_blocking(read)
@@ -255,6 +257,25 @@ object_store_over_inner!(DirectFs, {
         })
     }
 });
+
+thread_local! {
+    /// Whether this thread's range reads run on it (see [`reading_inline`]).
+    static INLINE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` with this thread's [`DirectFs`] range reads done on the thread itself, not
+/// handed to the blocking pool: for a thread that blocks on one read at a time anyway
+/// (`Handle::block_on` of a single read).
+pub fn reading_inline<T>(f: impl FnOnce() -> T) -> T {
+    struct Reset(bool);
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            INLINE.set(self.0);
+        }
+    }
+    let _reset = Reset(INLINE.replace(true));
+    f()
+}
 
 /// Reads `range` of the object at `path`: what `LocalFileSystem` gives for a range get,
 /// from one open, one `fstat` and positional reads into a buffer that is not cleared first.
@@ -284,7 +305,16 @@ fn read_range(
     let len = usize::try_from(range.end - range.start)
         .map_err(|_| generic(io::Error::from(io::ErrorKind::OutOfMemory)))?;
     let bytes = read_at_most(&file, range.start, len).map_err(generic)?;
-    let range = range.start..range.start + bytes.len() as u64;
+    if bytes.len() < len {
+        // The file shrank after the fstat: not what it said it holds.
+        return Err(generic(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!(
+                "{location} ended {} bytes into a {len}-byte range read",
+                bytes.len()
+            ),
+        )));
+    }
     let meta = ObjectMeta {
         location: location.clone(),
         last_modified: m.modified().map(DateTime::<Utc>::from).unwrap_or_default(),
@@ -373,44 +403,65 @@ mod tests {
         round_trip(dir.path()).await;
     }
 
-    #[tokio::test]
-    async fn range_reads_give_what_the_local_file_system_gives() {
+    #[test]
+    fn range_reads_give_what_the_local_file_system_gives() {
+        let rt = tokio::runtime::Runtime::new().unwrap();
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(DirectFs::new(dir.path()).unwrap());
         let local = LocalFileSystem::new_with_prefix(dir.path()).unwrap();
         let len = 3 * BOUNCE + 17;
         let key = Path::from("packs/ab/obj");
         let (p, all) = payload(len);
-        store.put(&key, p).await.unwrap();
+        rt.block_on(store.put(&key, p)).unwrap();
         let len = len as u64;
-        for range in [0..1, 5..4096 * 3 + 9, len - 10..len, 100..len + 50] {
-            let want = &all[range.start as usize..range.end.min(len) as usize];
-            // Called outside a task (as a restore's workers do): read on this thread.
-            let here = store.get_range(&key, range.clone()).await.unwrap();
-            assert!(here == want, "{range:?}");
-            // From a task: through the blocking pool, the same bytes.
-            let (s, k, r) = (store.clone(), key.clone(), range.clone());
-            let in_task = tokio::spawn(async move { s.get_range(&k, r).await })
-                .await
-                .unwrap()
-                .unwrap();
-            assert!(in_task == want, "{range:?}");
-            assert!(local.get_range(&key, range.clone()).await.unwrap() == want);
+        let ranges = [
+            GetRange::Bounded(0..1),
+            GetRange::Bounded(5..4096 * 3 + 9),
+            GetRange::Bounded(len - 10..len),
+            GetRange::Bounded(100..len + 50),
+            GetRange::Offset(len - 5),
+            GetRange::Suffix(7),
+            GetRange::Suffix(len + 9),
+        ];
+        for range in ranges {
+            let want = range.as_range(len).unwrap();
+            let want = &all[want.start as usize..want.end as usize];
+            let opts = || GetOptions::new().with_range(Some(range.clone()));
+            // Inside the runtime: handed to the blocking pool, as LocalFileSystem does.
+            let ours = rt.block_on(store.get_opts(&key, opts())).unwrap();
+            let theirs = rt.block_on(local.get_opts(&key, opts())).unwrap();
+            assert!(
+                matches!(ours.payload, GetResultPayload::Stream(_)),
+                "not ours"
+            );
+            assert!(matches!(theirs.payload, GetResultPayload::File(..)));
+            assert_eq!(ours.meta, theirs.meta);
+            assert_eq!(ours.range, theirs.range, "{range:?}");
+            assert!(rt.block_on(ours.bytes()).unwrap() == want, "{range:?}");
+            // On a thread that reads inline: the same bytes.
+            let here = reading_inline(|| rt.block_on(store.get_opts(&key, opts()))).unwrap();
+            assert_eq!(here.range, theirs.range);
+            assert!(rt.block_on(here.bytes()).unwrap() == want, "{range:?}");
         }
-        let opts = || GetOptions::new().with_range(Some(10..20));
-        let ours = store.get_opts(&key, opts()).await.unwrap();
-        let theirs = local.get_opts(&key, opts()).await.unwrap();
-        assert_eq!(ours.meta, theirs.meta);
-        assert_eq!(ours.range, theirs.range);
-        assert!(ours.bytes().await.unwrap() == all[10..20]);
-        let missing = store.get_range(&Path::from("packs/ab/none"), 0..10).await;
+        let missing = rt.block_on(store.get_range(&Path::from("packs/ab/none"), 0..10));
         assert!(
             matches!(missing, Err(object_store::Error::NotFound { .. })),
             "{missing:?}"
         );
+        let folder = rt.block_on(store.get_range(&Path::from("packs/ab"), 0..10));
+        assert!(
+            matches!(folder, Err(object_store::Error::NotFound { .. })),
+            "{folder:?}"
+        );
         // A range starting past the end is refused, as LocalFileSystem refuses it.
-        assert!(store.get_range(&key, len + 1..len + 5).await.is_err());
-        assert!(local.get_range(&key, len + 1..len + 5).await.is_err());
+        for s in [store.as_ref() as &dyn ObjectStore, &local] {
+            let past = rt.block_on(s.get_range(&key, len + 1..len + 5));
+            assert!(
+                matches!(past, Err(object_store::Error::Generic { .. })),
+                "{past:?}"
+            );
+        }
+        assert!(!INLINE.get(), "reading_inline left its mark");
     }
 
     #[test]

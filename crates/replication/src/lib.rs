@@ -16,7 +16,8 @@
 
 /// `impl ObjectStore for $ty` from its own `put_opts` and `get_opts`, every other method
 /// passed unchanged to `self.inner`: the wrapping stores ([`direct::DirectFs`],
-/// [`memory::SlabMemory`]) differ only in how they put and get.
+/// [`memory::SlabMemory`]) differ only in how they put (and DirectFs in how it reads a
+/// range).
 macro_rules! object_store_over_inner {
     ($ty:ty, { $($own:tt)* }) => {
         #[async_trait::async_trait]

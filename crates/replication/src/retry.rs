@@ -36,10 +36,12 @@ pub fn is_transient(e: &object_store::Error) -> bool {
     }
 }
 
-/// How an HTTP 507 answer shows in object_store's errors.
-const INSUFFICIENT_STORAGE: &str = "507 Insufficient Storage";
+/// How an HTTP 507 answer's status shows in object_store's errors (before the body, which
+/// is the server's and may say anything).
+const INSUFFICIENT_STORAGE: &str = "status code: 507 Insufficient Storage";
 
-/// What the store said, if `e` is, or wraps, an I/O error that says it has no room left.
+/// What the store said, if `e` is, or wraps, an I/O error or an HTTP answer that says it has
+/// no room left.
 pub fn out_of_space(e: &object_store::Error) -> Option<String> {
     match e {
         object_store::Error::Generic { source, .. } => no_room(source.as_ref()),
@@ -51,7 +53,7 @@ fn no_room(e: &(dyn std::error::Error + 'static)) -> Option<String> {
     // object_store keeps an HTTP answer's status in a type it does not export; what it
     // shows of it is "... non-2xx status code: 507 Insufficient Storage: <body>".
     if e.to_string().contains(INSUFFICIENT_STORAGE) {
-        return Some(format!("the server answered HTTP {INSUFFICIENT_STORAGE}"));
+        return Some("the server answered HTTP 507 Insufficient Storage".into());
     }
     if let Some(io) = e.downcast_ref::<std::io::Error>() {
         use std::io::ErrorKind::{QuotaExceeded, ReadOnlyFilesystem, StorageFull};
@@ -155,6 +157,14 @@ mod tests {
                  non-2xx status code: 507 Insufficient Storage: ",
             )),
         ];
+        // Another status whose body mentions 507 is still transient.
+        assert!(is_transient(&object_store::Error::Generic {
+            store: "t",
+            source: Box::new(Error::other(
+                "Server returned non-2xx status code: 503 Service Unavailable: \
+                 upstream said 507 Insufficient Storage",
+            )),
+        }));
         for answer in answers {
             let shown = answer.to_string();
             let mut answer = Some(answer);
