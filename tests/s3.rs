@@ -246,6 +246,18 @@ fn with_bad_de1(url: &str, options: BTreeMap<String, String>) -> Env {
     env
 }
 
+/// Region options for a server of the test's own at `endpoint`, with made-up credentials.
+fn loopback_options(endpoint: &str) -> BTreeMap<String, String> {
+    [
+        ("endpoint", endpoint),
+        ("access_key_id", "test:tester"),
+        ("secret_access_key", "testing"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
+}
+
 /// Runs `geosnap args` expecting one-line failure within the budget; returns stderr.
 fn fails_soon(env: &Env, args: &[&str]) -> String {
     let start = Instant::now();
@@ -281,15 +293,7 @@ fn a_wrong_secret_is_access_denied_naming_the_region() {
 #[test]
 fn an_unreachable_endpoint_fails_in_seconds_naming_endpoint_and_bucket() {
     // No server needed: nothing listens on port 1.
-    let options: BTreeMap<String, String> = [
-        ("endpoint", "http://127.0.0.1:1"),
-        ("access_key_id", "test:tester"),
-        ("secret_access_key", "testing"),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect();
-    let env = with_bad_de1("s3://geosnap-de-1", options);
+    let env = with_bad_de1("s3://geosnap-de-1", loopback_options("http://127.0.0.1:1"));
     let err = fails_soon(&env, &["verify", "--region", "de-1"]);
     assert!(
         err.contains("region de-1 (http://127.0.0.1:1, bucket geosnap-de-1)")
@@ -385,15 +389,7 @@ fn full_server() -> (String, std::sync::Arc<AtomicU32>) {
 fn a_full_s3_region_is_said_to_be_full_and_not_retried() {
     // No Swift needed: the server is this test's own.
     let (endpoint, requests) = full_server();
-    let options: BTreeMap<String, String> = [
-        ("endpoint", endpoint.as_str()),
-        ("access_key_id", "test:tester"),
-        ("secret_access_key", "testing"),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect();
-    let env = with_bad_de1("s3://geosnap-de-1", options);
+    let env = with_bad_de1("s3://geosnap-de-1", loopback_options(&endpoint));
     let start = Instant::now();
     let run = env.run(&["snapshot", "take", "vm", "--name", "s"]);
     assert!(start.elapsed() < ERROR_BUDGET, "{:?}", start.elapsed());

@@ -642,8 +642,9 @@ impl Writer<'_> {
 /// chunks) would spend the restore waiting.
 const DIRECT_RUN: usize = 256 << 10;
 
-/// Verified groups waiting for the writer. With two fetching threads, a queue of 4 took
-/// the restore of (b) as fast as one of 6 or 12; with 3 it was 0.05 s slower, with 1 0.1 s.
+/// Verified groups waiting for the writer. With three fetching threads the restore of (b)
+/// took 1.51-1.53 s with 6, 1.49-1.59 s with 12, 1.58-1.61 s with 3 and 1.60-1.78 s with 1;
+/// with the two it has now, 4 took 1.42-1.47 s (other sizes not measured with two).
 const WRITE_QUEUE: usize = 4;
 
 /// Bytes written between two writeback kicks.
