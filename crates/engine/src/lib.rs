@@ -40,6 +40,7 @@
 mod error;
 mod id;
 mod progress;
+mod runs;
 
 pub mod aligned;
 pub mod chunker;

@@ -18,6 +18,7 @@ use serde::Serialize;
 use crate::aligned::{self, AlignedBuf};
 use crate::manifest::{Extent, ManifestView};
 use crate::progress::Progress;
+use crate::runs::{JOINS_AFTER, JOINS_BEFORE, Piece, Runs};
 use crate::store::ChunkSource;
 use crate::{ChunkId, Error, IdBuild, IdMap, IdSet};
 
@@ -169,7 +170,7 @@ pub fn restore_image(
     // MiB ahead of the disk and no further (each worker holds one more while it waits to
     // hand it over). One writer outlives the windows, so the disk takes a window's last
     // groups while the next window is planned and decoded.
-    let (to_writer, writes) = mpsc::sync_channel::<Vec<(u64, Bytes)>>(WRITE_QUEUE);
+    let (to_writer, writes) = mpsc::sync_channel::<Vec<Piece>>(WRITE_QUEUE);
     thread::scope(|s| {
         let written = s.spawn(|| {
             let wrote = writer.run(writes, &cancel);
@@ -179,23 +180,42 @@ pub fn restore_image(
             wrote
         });
         let mut extents = manifest.extents();
-        let mut places: Vec<(ChunkId, u64, u32)> = Vec::new();
+        let mut places: Vec<Place> = Vec::new();
         let read = loop {
             if cancel.load(Ordering::SeqCst) {
                 break Ok(());
             }
             places.clear();
             let mut bad = None;
+            // Where the window's previous extent, a chunk, ended: the writer waits for a
+            // chunk's neighbours only where they touch it.
+            let mut chunk_end = None;
             for e in extents.by_ref() {
                 match e {
                     Ok(Extent::Chunk { offset, len, id }) => {
                         data_bytes += u64::from(len);
-                        places.push((id, offset, len));
+                        let mut joins = 0;
+                        if chunk_end == Some(offset)
+                            && let Some(prev) = places.last_mut()
+                        {
+                            prev.joins |= JOINS_AFTER;
+                            joins = JOINS_BEFORE;
+                        }
+                        chunk_end = offset.checked_add(u64::from(len));
+                        places.push(Place {
+                            id,
+                            offset,
+                            len,
+                            joins,
+                        });
                         if places.len() == window {
                             break;
                         }
                     }
-                    Ok(Extent::Zero { len, .. }) => progress.advance(len),
+                    Ok(Extent::Zero { len, .. }) => {
+                        chunk_end = None;
+                        progress.advance(len);
+                    }
                     Err(e) => {
                         bad = Some(e);
                         break;
@@ -279,37 +299,47 @@ pub fn restore_image(
 /// Sorts a window's chunk extents by id and refuses an id given two lengths: one id is one
 /// content, so one length (each chunk is checked against the first and written at every
 /// place).
-fn sorted_places(mut places: Vec<(ChunkId, u64, u32)>) -> Result<Vec<(ChunkId, u64, u32)>, Error> {
-    places.sort_unstable_by_key(|p| p.0);
+fn sorted_places(mut places: Vec<Place>) -> Result<Vec<Place>, Error> {
+    places.sort_unstable_by_key(|p| p.id);
     if let Some(w) = places
         .windows(2)
-        .find(|w| w[0].0 == w[1].0 && w[0].2 != w[1].2)
+        .find(|w| w[0].id == w[1].id && w[0].len != w[1].len)
     {
         return Err(Error::ManifestCorrupt(format!(
             "chunk {} is {} bytes at offset {} but {} bytes at offset {}",
-            w[0].0.short(),
-            w[0].2,
-            w[0].1,
-            w[1].2,
-            w[1].1
+            w[0].id.short(),
+            w[0].len,
+            w[0].offset,
+            w[1].len,
+            w[1].offset
         )));
     }
     Ok(places)
+}
+
+/// One chunk extent of a window.
+#[derive(Clone, Copy, Debug)]
+struct Place {
+    id: ChunkId,
+    offset: u64,
+    len: u32,
+    /// Which of its neighbours in the image are chunks that touch it (`runs::JOINS_*`).
+    joins: u8,
 }
 
 /// Chunk extents sorted by chunk id, with where each 16-bit id prefix starts: finding a
 /// chunk's extents is a jump and a search among the few that share its prefix, not a
 /// binary search over every extent (which cost a tenth of a restore's CPU).
 struct Places {
-    sorted: Vec<(ChunkId, u64, u32)>,
+    sorted: Vec<Place>,
     starts: Vec<u32>,
 }
 
 impl Places {
-    fn new(sorted: Vec<(ChunkId, u64, u32)>) -> Places {
+    fn new(sorted: Vec<Place>) -> Places {
         let mut starts = vec![0u32; (1 << 16) + 1];
         for p in &sorted {
-            starts[usize::from(prefix(&p.0)) + 1] += 1;
+            starts[usize::from(prefix(&p.id)) + 1] += 1;
         }
         for i in 1..starts.len() {
             starts[i] += starts[i - 1];
@@ -317,12 +347,12 @@ impl Places {
         Places { sorted, starts }
     }
 
-    /// Every extent of chunk `id` (offset, length).
-    fn of(&self, id: &ChunkId) -> &[(ChunkId, u64, u32)] {
+    /// Every extent of chunk `id`.
+    fn of(&self, id: &ChunkId) -> &[Place] {
         let p = usize::from(prefix(id));
         let bucket = &self.sorted[self.starts[p] as usize..self.starts[p + 1] as usize];
-        let start = bucket.partition_point(|p| p.0 < *id);
-        let end = start + bucket[start..].partition_point(|p| p.0 == *id);
+        let start = bucket.partition_point(|p| p.id < *id);
+        let end = start + bucket[start..].partition_point(|p| p.id == *id);
         &bucket[start..end]
     }
 }
@@ -359,11 +389,23 @@ impl Restore<'_> {
     /// Plans the window's distinct chunks into groups and restores them on `threads`
     /// threads, which fetch, decode and verify groups and hand their pieces to the writer;
     /// the first error stops them all.
-    fn run(self, threads: usize, to_writer: &SyncSender<Vec<(u64, Bytes)>>) -> Result<(), Error> {
-        let mut distinct: Vec<ChunkId> = self.places.sorted.iter().map(|p| p.0).collect();
+    fn run(self, threads: usize, to_writer: &SyncSender<Vec<Piece>>) -> Result<(), Error> {
+        let mut distinct: Vec<ChunkId> = self.places.sorted.iter().map(|p| p.id).collect();
         distinct.dedup();
-        let groups = self.source.plan(&distinct);
+        let mut groups = self.source.plan(&distinct);
         drop(distinct);
+        // In the order of the first place in the image each group fills, so that the
+        // writer gets the image roughly from start to end: after an incremental snapshot
+        // the rewritten chunks (in packs of their own, planned last) come before the runs
+        // they break, and the runs go out whole.
+        let first_place = |g: &Vec<ChunkId>| {
+            g.iter()
+                .flat_map(|id| self.places.of(id))
+                .map(|p| p.offset)
+                .min()
+                .unwrap_or(u64::MAX)
+        };
+        groups.sort_by_cached_key(first_place);
         let job = Restore {
             groups: &groups,
             ..self
@@ -393,7 +435,7 @@ impl Restore<'_> {
     /// Takes groups until none are left: fetch, verify each chunk and hand the writer its
     /// pieces (every place each chunk goes); a chunk missing or failing its hash is fetched
     /// again from further copies.
-    fn worker(&self, to_writer: SyncSender<Vec<(u64, Bytes)>>) -> Result<(), Error> {
+    fn worker(&self, to_writer: SyncSender<Vec<Piece>>) -> Result<(), Error> {
         loop {
             if self.cancel.load(Ordering::Relaxed) {
                 return Ok(());
@@ -406,16 +448,19 @@ impl Restore<'_> {
                 // The preferred copy failed as a whole: every chunk tries the others.
                 Err(e) => (Vec::new(), Some(e.to_string())),
             };
-            let wanted: IdSet = group.iter().copied().collect();
+            // The frames read may hold chunks this window does not want (rewritten since, or
+            // restored in another window): only the wanted ones are hashed, once each.
+            let mut wanted: IdSet = group.iter().copied().collect();
+            let fetched: Vec<(ChunkId, Bytes)> = fetched
+                .into_iter()
+                .filter(|(id, _)| wanted.remove(id))
+                .collect();
             let mut good: IdMap<Bytes> =
                 IdMap::with_capacity_and_hasher(group.len(), IdBuild::default());
             let mut failed: IdMap<Error> = IdMap::default();
             // Every chunk's SHA-256, the group's chunks hashed together in vector lanes.
             let hashed = ChunkId::of_each(fetched.iter().map(|(_, data)| &data[..]));
             for ((id, data), actual) in fetched.into_iter().zip(hashed) {
-                if !wanted.contains(&id) || good.contains_key(&id) {
-                    continue;
-                }
                 match self.check_hashed(&id, actual, &data) {
                     Ok(()) => {
                         good.insert(id, data);
@@ -439,11 +484,14 @@ impl Restore<'_> {
                 let data = self.fallback(id, first)?;
                 good.insert(*id, data);
             }
-            let mut pieces: Vec<(u64, Bytes)> = Vec::new();
+            let mut pieces: Vec<Piece> = Vec::new();
             for (id, data) in good {
-                pieces.extend(self.places.of(&id).iter().map(|p| (p.1, data.clone())));
+                pieces.extend(self.places.of(&id).iter().map(|p| Piece {
+                    offset: p.offset,
+                    data: data.clone(),
+                    joins: p.joins,
+                }));
             }
-            pieces.sort_unstable_by_key(|p| p.0);
             // The writer stopped: it failed (or panicked), which its join reports.
             if to_writer.send(pieces).is_err() {
                 self.cancel.store(true, Ordering::SeqCst);
@@ -467,7 +515,9 @@ impl Restore<'_> {
         }
         // The right content but another length than this place gives: the manifest is
         // wrong (one id given two lengths), not the store.
-        if let Some(&(_, offset, want)) = self.places.of(id).first()
+        if let Some(&Place {
+            offset, len: want, ..
+        }) = self.places.of(id).first()
             && data.len() != want as usize
         {
             return Err(Error::ManifestCorrupt(format!(
@@ -522,100 +572,115 @@ impl Restore<'_> {
 }
 
 impl Writer<'_> {
-    /// Writes the groups the workers verified until they have all stopped (or one failed).
-    fn run(&self, groups: Receiver<Vec<(u64, Bytes)>>, cancel: &AtomicBool) -> Result<(), Error> {
+    /// Writes the groups the workers verified until they have all stopped (or one failed),
+    /// gathering their pieces into long runs first ([`Runs`]).
+    fn run(&self, groups: Receiver<Vec<Piece>>, cancel: &AtomicBool) -> Result<(), Error> {
+        let write_err = |source: io::Error| Error::Write {
+            path: self.target.to_path_buf(),
+            source,
+        };
         // Direct writes need an aligned copy of each run they cannot take in place.
         let mut staging = match self.direct {
-            Some(_) => Some(
-                AlignedBuf::with_capacity(2 << 20).map_err(|source| Error::Write {
-                    path: self.target.to_path_buf(),
-                    source,
-                })?,
-            ),
+            Some(_) => Some(AlignedBuf::with_capacity(2 << 20).map_err(write_err)?),
             None => None,
         };
+        let mut runs = Runs::new(LONG_RUN, HOLD);
+        let mut ready = Vec::new();
         for (n, pieces) in groups.into_iter().enumerate() {
             if cancel.load(Ordering::Relaxed) {
                 return Ok(());
             }
             // The crash tests' full disk, a few groups in.
             if n == 3 && crate::failpoint::armed("restore-disk-full") {
-                return Err(Error::Write {
-                    path: self.target.to_path_buf(),
-                    source: io::Error::from_raw_os_error(libc::ENOSPC),
-                });
+                return Err(write_err(io::Error::from_raw_os_error(libc::ENOSPC)));
             }
-            self.write_group(&pieces, &mut staging)?;
+            runs.add(pieces, &mut ready).map_err(write_err)?;
+            for run in ready.drain(..) {
+                self.write_pieces(&run, &mut staging)?;
+            }
+        }
+        if cancel.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        runs.finish(&mut ready);
+        for run in ready.drain(..) {
+            self.write_pieces(&run, &mut staging)?;
         }
         Ok(())
     }
 
-    /// Writes every verified chunk of a group at all its offsets; neighbouring pieces go
-    /// out in one write (one syscall, one turn of the file's lock). Long runs aligned to
+    /// Writes a run of touching pieces, at most [`MAX_WRITE`] bytes a call.
+    fn write_pieces(&self, run: &[Piece], staging: &mut Option<AlignedBuf>) -> Result<(), Error> {
+        let mut i = 0;
+        while i < run.len() {
+            let mut len = run[i].data.len();
+            let mut j = i + 1;
+            while j < run.len() && len + run[j].data.len() <= MAX_WRITE {
+                len += run[j].data.len();
+                j += 1;
+            }
+            self.write_span(&run[i..j], len, staging)?;
+            i = j;
+        }
+        Ok(())
+    }
+
+    /// Writes `len` bytes of touching pieces in one call. Long spans aligned to
     /// [`aligned::ALIGN`] (with the fixed chunker, whose chunks and zero runs start on 4 KiB
-    /// blocks, that is every long run) go straight to the disk through `direct`; the rest
+    /// blocks, that is every long span) go straight to the disk through `direct`; the rest
     /// through the page cache.
-    fn write_group(
+    fn write_span(
         &self,
-        pieces: &[(u64, Bytes)],
+        pieces: &[Piece],
+        len: usize,
         staging: &mut Option<AlignedBuf>,
     ) -> Result<(), Error> {
         let write_err = |source: io::Error| Error::Write {
             path: self.target.to_path_buf(),
             source,
         };
-        let mut run: Vec<u8> = Vec::new();
-        let mut i = 0;
-        while i < pieces.len() {
-            let (start, ref first) = pieces[i];
-            let mut end = start + first.len() as u64;
-            let mut j = i + 1;
-            while j < pieces.len() && pieces[j].0 == end {
-                end += pieces[j].1.len() as u64;
-                j += 1;
-            }
-            let len = (end - start) as usize;
-            match (self.direct, staging.as_mut()) {
-                (Some(direct), Some(buf)) if len >= DIRECT_RUN && aligned::aligned(start, len) => {
-                    // Chunks of aligned sizes sit aligned in their decoded frames' buffers
-                    // and go to the disk from there; others are first copied into one.
-                    let parts: Vec<&[u8]> = pieces[i..j].iter().map(|(_, d)| &d[..]).collect();
-                    let in_place = parts.iter().all(|p| aligned::is_aligned(p));
-                    let written = if in_place {
-                        aligned::write_all_vectored_at(direct, &parts, start)
-                    } else {
-                        buf.clear();
-                        for p in &parts {
-                            buf.extend_from_slice(p).map_err(write_err)?;
-                        }
-                        direct.write_all_at(buf.as_slice(), start)
-                    };
-                    match written {
-                        Ok(()) => self.progress.advance(len as u64),
-                        // A filesystem that opens with O_DIRECT but wants larger alignment:
-                        // this run goes through the page cache instead.
-                        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-                            let mut at = start;
-                            for p in &parts {
-                                self.write_run(p, at)?;
-                                at += p.len() as u64;
-                            }
-                        }
-                        Err(e) => return Err(write_err(e)),
+        let Some(first) = pieces.first() else {
+            return Ok(());
+        };
+        let start = first.offset;
+        let parts: Vec<&[u8]> = pieces.iter().map(|p| &p.data[..]).collect();
+        match (self.direct, staging.as_mut()) {
+            (Some(direct), Some(buf)) if len >= DIRECT_RUN && aligned::aligned(start, len) => {
+                // Chunks of aligned sizes sit aligned in their decoded frames' buffers and
+                // go to the disk from there; others are first copied into one.
+                let in_place = parts.iter().all(|p| aligned::is_aligned(p));
+                let written = if in_place {
+                    aligned::write_all_vectored_at(direct, &parts, start)
+                } else {
+                    buf.clear();
+                    for p in &parts {
+                        buf.extend_from_slice(p).map_err(write_err)?;
                     }
-                }
-                _ if j == i + 1 => self.write_run(first, start)?,
-                _ => {
-                    run.clear();
-                    for (_, d) in &pieces[i..j] {
-                        run.extend_from_slice(d);
+                    direct.write_all_at(buf.as_slice(), start)
+                };
+                match written {
+                    Ok(()) => {
+                        self.progress.advance(len as u64);
+                        Ok(())
                     }
-                    self.write_run(&run, start)?;
+                    // A filesystem that opens with O_DIRECT but wants larger alignment:
+                    // this span goes through the page cache instead.
+                    Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                        self.write_cached(&parts, start)
+                    }
+                    Err(e) => Err(write_err(e)),
                 }
             }
-            i = j;
+            _ => self.write_cached(&parts, start),
         }
-        Ok(())
+    }
+
+    /// Writes touching parts through the page cache in one call.
+    fn write_cached(&self, parts: &[&[u8]], start: u64) -> Result<(), Error> {
+        if let [one] = parts {
+            return self.write_run(one, start);
+        }
+        self.write_run(&parts.concat(), start)
     }
 
     /// Writes one run through the page cache; starts writeback every 32 MiB, so the final
@@ -638,9 +703,17 @@ impl Writer<'_> {
 }
 
 /// Runs shorter than this go through the page cache even when aligned: a direct write waits
-/// for the disk, and an incremental's many short runs (one between each pair of rewritten
-/// chunks) would spend the restore waiting.
+/// for the disk, and many short ones would spend the restore waiting.
 const DIRECT_RUN: usize = 256 << 10;
+
+/// A run this long is written at once, whether or not its neighbours have come.
+const LONG_RUN: usize = 2 << 20;
+
+/// Bytes of verified pieces the writer holds at most while their neighbours are on the way.
+const HOLD: usize = 32 << 20;
+
+/// Bytes one write takes at most (the aligned copy of a run that needs one is this big).
+const MAX_WRITE: usize = 8 << 20;
 
 /// Verified groups waiting for the writer. With three fetching threads the restore of (b)
 /// took 1.51-1.53 s with 6, 1.49-1.59 s with 12, 1.58-1.61 s with 3 and 1.60-1.78 s with 1;
