@@ -11,9 +11,10 @@
 //! write.
 //!
 //! What it holds is bounded: past `hold` bytes it gives up waiting and hands over the
-//! lowest runs as they are, and the pieces it holds stop sharing their decoded frames'
-//! buffers once more than [`MAX_SHARED`] do (each could otherwise keep a whole frame alive
-//! for one chunk).
+//! lowest runs as they are, and a piece still held after [`AGE`] more groups is copied out
+//! of its decoded frame's buffer (which it could otherwise keep alive, a whole frame for
+//! one chunk). The tail of a run that the next group continues is usually written with
+//! that group, before it is copied.
 
 use std::collections::{BTreeMap, HashSet};
 use std::io;
@@ -27,9 +28,9 @@ pub const JOINS_BEFORE: u8 = 1;
 /// The image's next extent is a chunk that starts where this piece ends.
 pub const JOINS_AFTER: u8 = 2;
 
-/// Held pieces that may still share a decoded frame's buffer before they are all copied
-/// into buffers of their own.
-pub const MAX_SHARED: usize = 64;
+/// Groups a held piece may wait for while it still shares its decoded frame's buffer;
+/// then it is copied into a buffer of its own.
+pub const AGE: u64 = 2;
 
 /// One chunk's bytes at one place in the image.
 #[derive(Clone, Debug)]
@@ -55,8 +56,8 @@ pub struct Runs {
     pending: BTreeMap<u64, Held>,
     /// Bytes of the pieces in `pending`.
     held: usize,
-    /// Pieces in `pending` that still share a buffer with others.
-    shared: usize,
+    /// Groups taken so far.
+    adds: u64,
     /// Offsets where a run already handed over stopped at a neighbour that was not there
     /// yet: the neighbour's run counts that end as closed.
     edges: HashSet<u64>,
@@ -69,8 +70,9 @@ pub struct Runs {
 #[derive(Debug)]
 struct Held {
     piece: Piece,
-    /// Copied into a buffer of its own.
-    owned: bool,
+    /// The group it came with ([`Runs::adds`] then), or `None` once it was copied into a
+    /// buffer of its own.
+    shared_since: Option<u64>,
 }
 
 impl Runs {
@@ -79,7 +81,7 @@ impl Runs {
         Runs {
             pending: BTreeMap::new(),
             held: 0,
-            shared: 0,
+            adds: 0,
             edges: HashSet::new(),
             long: long.max(1),
             hold,
@@ -95,14 +97,14 @@ impl Runs {
     /// Takes a group's pieces and pushes onto `out` every run now ready to be written: its
     /// pieces in order, each starting where the previous ends.
     pub fn add(&mut self, pieces: Vec<Piece>, out: &mut Vec<Vec<Piece>>) -> io::Result<()> {
+        self.adds += 1;
         for p in pieces {
             self.held += p.data.len();
-            self.shared += 1;
             if let Some(old) = self.pending.insert(
                 p.offset,
                 Held {
                     piece: p,
-                    owned: false,
+                    shared_since: Some(self.adds),
                 },
             ) {
                 self.forget(&old);
@@ -120,12 +122,11 @@ impl Runs {
             };
             out.push(self.take(start, end));
         }
-        if self.shared > MAX_SHARED {
-            for h in self.pending.values_mut().filter(|h| !h.owned) {
+        for h in self.pending.values_mut() {
+            if h.shared_since.is_some_and(|since| self.adds - since >= AGE) {
                 h.piece.data = own(&h.piece.data)?;
-                h.owned = true;
+                h.shared_since = None;
             }
-            self.shared = 0;
         }
         Ok(())
     }
@@ -189,9 +190,6 @@ impl Runs {
 
     fn forget(&mut self, h: &Held) {
         self.held -= h.piece.data.len();
-        if !h.owned {
-            self.shared = self.shared.saturating_sub(1);
-        }
     }
 
     fn toggle(&mut self, at: u64) {
@@ -299,22 +297,35 @@ mod tests {
     }
 
     #[test]
-    fn held_pieces_stop_sharing_frames_past_the_limit() {
+    fn pieces_held_past_two_more_groups_get_buffers_of_their_own() {
         let both = JOINS_BEFORE | JOINS_AFTER;
-        let frame = Bytes::from(vec![7u8; 4096 * (MAX_SHARED + 1)]);
-        let pieces = (0..=MAX_SHARED as u64)
-            .map(|i| Piece {
-                offset: i * 8192,
-                data: frame.slice(i as usize * 4096..(i as usize + 1) * 4096),
-                joins: both,
-            })
-            .collect();
+        let frame = Bytes::from(vec![7u8; 3 * 4096]);
+        let shared = |i: usize| Piece {
+            offset: i as u64 * 8192,
+            data: frame.slice(i * 4096..(i + 1) * 4096),
+            joins: both,
+        };
         let mut runs = Runs::new(1 << 30, 1 << 30);
         let mut out = Vec::new();
-        runs.add(pieces, &mut out).unwrap();
+        runs.add(vec![shared(0), shared(1)], &mut out).unwrap();
+        runs.add(vec![shared(2)], &mut out).unwrap();
+        assert!(runs.pending.values().all(|h| h.shared_since.is_some()));
+        runs.add(Vec::new(), &mut out).unwrap();
+        let copied: Vec<u64> = runs
+            .pending
+            .values()
+            .filter(|h| h.shared_since.is_none())
+            .map(|h| h.piece.offset)
+            .collect();
+        assert_eq!(
+            copied,
+            vec![0, 8192],
+            "the first group's two, not the second's"
+        );
+        runs.add(Vec::new(), &mut out).unwrap();
         assert!(out.is_empty());
-        assert!(runs.pending.values().all(|h| h.owned));
         for h in runs.pending.values() {
+            assert!(h.shared_since.is_none());
             assert!(crate::aligned::is_aligned(&h.piece.data));
             assert_eq!(&h.piece.data[..], &[7u8; 4096][..]);
         }
