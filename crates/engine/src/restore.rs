@@ -706,8 +706,9 @@ impl Writer<'_> {
 /// for the disk, and many short ones would spend the restore waiting.
 const DIRECT_RUN: usize = 256 << 10;
 
-/// A run this long is written at once, whether or not its neighbours have come.
-const LONG_RUN: usize = 2 << 20;
+/// A run this long is written at once, whether or not its neighbours have come (a direct
+/// write of 1 MiB went as fast as one of 4 MiB here: `dd oflag=direct`, 1.7 GB/s both).
+const LONG_RUN: usize = 1 << 20;
 
 /// Bytes of verified pieces the writer holds at most while their neighbours are on the way.
 const HOLD: usize = 32 << 20;
