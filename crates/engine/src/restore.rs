@@ -448,12 +448,11 @@ impl Restore<'_> {
                 // The preferred copy failed as a whole: every chunk tries the others.
                 Err(e) => (Vec::new(), Some(e.to_string())),
             };
-            // The frames read may hold chunks this window does not want (rewritten since, or
-            // restored in another window): only the wanted ones are hashed, once each.
-            let mut wanted: IdSet = group.iter().copied().collect();
+            // Only chunks the group asked for are hashed (a source may answer with more).
+            let wanted: IdSet = group.iter().copied().collect();
             let fetched: Vec<(ChunkId, Bytes)> = fetched
                 .into_iter()
-                .filter(|(id, _)| wanted.remove(id))
+                .filter(|(id, _)| wanted.contains(id))
                 .collect();
             let mut good: IdMap<Bytes> =
                 IdMap::with_capacity_and_hasher(group.len(), IdBuild::default());
@@ -461,6 +460,10 @@ impl Restore<'_> {
             // Every chunk's SHA-256, the group's chunks hashed together in vector lanes.
             let hashed = ChunkId::of_each(fetched.iter().map(|(_, data)| &data[..]));
             for ((id, data), actual) in fetched.into_iter().zip(hashed) {
+                // A second copy counts only if the first failed its check.
+                if good.contains_key(&id) {
+                    continue;
+                }
                 match self.check_hashed(&id, actual, &data) {
                     Ok(()) => {
                         good.insert(id, data);
