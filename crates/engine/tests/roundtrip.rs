@@ -602,32 +602,14 @@ fn an_incremental_with_scattered_rewrites_restores_the_same_bytes_in_any_window(
     // between them come (from packs of their own): every window size and thread count must
     // still write each byte once, holes included.
     let dir = tempfile::tempdir().unwrap();
-    let mut state = 0x9e37_79b9_7f4a_7c15u64;
-    let mut noise = |n: usize| -> Vec<u8> {
-        (0..n)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                state as u8
-            })
-            .collect()
-    };
-    let mut image = noise(3 << 20);
-    image.extend(vec![0u8; 1 << 20]);
-    image.extend(noise(2 << 20));
+    // Data and zero runs (restored as holes), then 5 % of the data's 4 KiB blocks rewritten.
     let first = dir.path().join("first");
-    fs::write(&first, &image).unwrap();
-    // 4 KiB rewritten in every fifth 16 KiB chunk of the data, none in the zero run.
-    for chunk in (0..image.len() / 16384).step_by(5) {
-        let at = chunk * 16384 + 4096;
-        if image[at..at + 4096].iter().any(|b| *b != 0) {
-            let fresh = noise(4096);
-            image[at..at + 4096].copy_from_slice(&fresh);
-        }
-    }
+    generate(&first, 16 << 20, Profile::Mixed, 11).unwrap();
     let second = dir.path().join("second");
-    fs::write(&second, &image).unwrap();
+    fs::copy(&first, &second).unwrap();
+    let rewritten = geosnap_engine::imagegen::scatter_writes(&second, 0.05, 12).unwrap();
+    assert!(rewritten > 100, "{rewritten} blocks rewritten");
+    let image = fs::read(&second).unwrap();
     let store = DirStore::new(&dir.path().join("store")).unwrap();
     snapshot(&first, &store, ChunkerParams::fixed(16384).unwrap());
     let m = snapshot(&second, &store, ChunkerParams::fixed(16384).unwrap());
